@@ -1,0 +1,3 @@
+"""optbench: benchmark optimizers for language-model pretraining."""
+
+__version__ = "0.1.0"

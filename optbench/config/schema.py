@@ -1,0 +1,206 @@
+"""The typed configuration: dataclasses are the single source of truth for every key and default.
+
+YAML files under `optbench/configs/` only pick choices and presets; Hydra composes them and
+OmegaConf checks every value against these classes. Model families and optimizers subclass
+`ModelConfig` / `OptimConfig` next to their code and are registered as group options by name.
+`__post_init__` checks run when the composed config is turned into these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from optbench.errors import check, check_choice
+
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+DECAY_SHAPES = ("linear", "cosine", "sqrt")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLING = ("random", "shuffled")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture shared by all model families; each family subclasses it with its own keys."""
+
+    name: str = MISSING
+    """Model family in the model registry (gpt2, llama, ...)."""
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    vocab_size: int | None = None
+    """None: the prepared dataset's vocabulary, rounded up to `pad_vocab_multiple`."""
+    pad_vocab_multiple: int = 64
+    """Pad the embedding table to a multiple of this for faster matmuls (50257 -> 50304)."""
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check(self.n_layer > 0 and self.n_head > 0, "model.n_layer and model.n_head must be positive")
+        check(self.n_embd % self.n_head == 0,
+              f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """Which corpus, where it comes from, how it is tokenized and sampled."""
+
+    name: str = "shakespeare-char"
+    """Recipe name (see `optbench data list`)."""
+    source: str | None = None
+    """A local file, folder or glob of .txt/.jsonl/.parquet replacing the recipe's remote source."""
+    tokenizer: str | None = None
+    """None: the recipe's tokenizer. Else gpt2 (tiktoken), char, or any HF tokenizer name or path."""
+    root: str = "${oc.env:OPTBENCH_DATA_DIR,~/.cache/optbench/data}"
+    """Where prepared token files live."""
+    mirror: str | None = "${oc.env:OPTBENCH_MIRROR,../shared/data}"
+    """An offline folder laid out like ../shared/data, tried before the network."""
+    max_tokens: int | None = None
+    """Stop tokenizing a split after this many tokens (for huge remote corpora)."""
+    val_fraction: float = 0.1
+    """Share held out for validation when the source has no validation split."""
+    sampling: str = "random"
+    """random: windows at random offsets (nanoGPT); shuffled: non-overlapping windows, each once per epoch."""
+    num_proc: int | None = None
+    """Tokenizer worker processes; None: all cores."""
+
+    def __post_init__(self) -> None:
+        check_choice("data.sampling", self.sampling, SAMPLING)
+        check(0.0 < self.val_fraction < 1.0, f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        check(self.max_tokens is None or self.max_tokens > 0, "data.max_tokens must be positive")
+
+
+@dataclass
+class OptimConfig:
+    """Hyperparameters shared by all optimizers; each optimizer subclasses it with its own keys."""
+
+    name: str = MISSING
+    """Optimizer in the optimizer registry (see `optbench optim list`)."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.lr >= 0.0, f"optim.lr={self.lr} must be non-negative")
+        check(self.weight_decay >= 0.0, f"optim.weight_decay={self.weight_decay} must be non-negative")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate multiplier over steps: linear warmup, then the named shape."""
+
+    name: str = "cosine"
+    """cosine | linear | wsd (warmup-stable-decay) | constant."""
+    warmup_steps: int = 100
+    final_lr_frac: float = 0.1
+    """The last step's lr as a fraction of optim.lr (cosine, linear, wsd)."""
+    decay_frac: float = 0.2
+    """wsd: the share of all steps spent decaying at the end."""
+    decay_shape: str = "linear"
+    """wsd: linear | cosine | sqrt (1 - sqrt) cooldown."""
+
+    def __post_init__(self) -> None:
+        check_choice("schedule.name", self.name, SCHEDULES)
+        check_choice("schedule.decay_shape", self.decay_shape, DECAY_SHAPES)
+        check(self.warmup_steps >= 0, f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+        check(0.0 <= self.final_lr_frac <= 1.0, f"schedule.final_lr_frac={self.final_lr_frac} must be in [0, 1]")
+        check(0.0 <= self.decay_frac <= 1.0, f"schedule.decay_frac={self.decay_frac} must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    steps: int = 2000
+    batch_size: int = 12
+    """Sequences per micro-batch on one device."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step, summed over all ranks (divided among them under DDP)."""
+    seq_len: int = 64
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    dtype: str = "auto"
+    """auto: bfloat16 autocast on CUDA, float32 on CPU."""
+    compile: bool = False
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    seed: int = 1337
+    """Seeds model init (and dropout)."""
+    data_seed: int = 1337
+    """Seeds the batch order: batch k is a pure function of (data_seed, k)."""
+    threads: int | None = None
+    """CPU threads for torch; None: torch's default."""
+    diverge_loss: float = 1e4
+    """Stop with status diverged when the training loss is non-finite or above this."""
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "seq_len"):
+            check(getattr(self, key) > 0, f"train.{key}={getattr(self, key)} must be positive")
+        check(self.grad_clip >= 0.0, f"train.grad_clip={self.grad_clip} must be >= 0")
+        check_choice("train.dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class EvalConfig:
+    """Validation and samples."""
+
+    every: int = 250
+    """Evaluate every this many steps (and always at the end); 0: only at the end."""
+    batches: int = 20
+    """Validation batches per evaluation (fixed windows, the same at every evaluation)."""
+    batch_size: int | None = None
+    """None: train.batch_size."""
+    at_steps: list[int] = field(default_factory=list)
+    """Extra steps with a full evaluation."""
+    prompt: str = "\n"
+    """Prompt of the sample generated at each evaluation."""
+    sample_tokens: int = 100
+    """Length of that sample; 0 disables sampling."""
+    temperature: float = 0.8
+    top_k: int | None = 200
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, f"eval.every={self.every} must be >= 0")
+        check(self.batches > 0, f"eval.batches={self.batches} must be positive")
+        check(self.temperature > 0.0, f"eval.temperature={self.temperature} must be positive")
+
+
+@dataclass
+class RunConfig:
+    """Where a run is written and how it logs."""
+
+    dir: str | None = None
+    """Run directory; None: runs/<date>-<time>-<model>-<optim>."""
+    resume: str = "auto"
+    """auto: continue from the run directory's checkpoint if there is one | never | PATH to a checkpoint."""
+    ckpt_every: int = 0
+    """Save a checkpoint every this many steps (always at the end); 0: only at the end."""
+    log_every: int = 10
+    progress: bool = True
+    """Show a live progress bar (on a terminal)."""
+    wandb: bool = False
+    wandb_project: str = "optbench"
+    wandb_entity: str | None = None
+    wandb_name: str | None = None
+    wandb_mode: str = "online"
+    """online | offline."""
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.log_every > 0, f"run.log_every={self.log_every} must be positive")
+        check(self.ckpt_every >= 0, f"run.ckpt_every={self.ckpt_every} must be >= 0")
+        check_choice("run.wandb_mode", self.wandb_mode, ("online", "offline"))
+
+
+@dataclass
+class Config:
+    """One training run."""
+
+    model: ModelConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = MISSING
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
