@@ -53,9 +53,9 @@ class DataConfig:
     """A local file, folder or glob of .txt/.jsonl/.parquet replacing the recipe's remote source."""
     tokenizer: str | None = None
     """None: the recipe's tokenizer. Else gpt2 (tiktoken), char, or any HF tokenizer name or path."""
-    root: str = "${oc.env:OPTBENCH_DATA_DIR,~/.cache/optbench/data}"
+    root: str = "${oc.env:OPTBENCH_DATA_DIR,'~/.cache/optbench/data'}"
     """Where prepared token files live."""
-    mirror: str | None = "${oc.env:OPTBENCH_MIRROR,../shared/data}"
+    mirror: str | None = "${oc.env:OPTBENCH_MIRROR,'../shared/data'}"
     """An offline folder laid out like ../shared/data, tried before the network."""
     max_tokens: int | None = None
     """Stop tokenizing a split after this many tokens (for huge remote corpora)."""

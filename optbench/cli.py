@@ -1,0 +1,160 @@
+"""`optbench train|sample|data|model|optim`: parse, call the library, map UserError to exit code 2.
+
+Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
+argparse only dispatches subcommands and their few flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from optbench.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (no usage dump) with exit code 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from optbench.config.compose import compose, to_yaml
+
+    cfg = compose(args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from optbench.train import train
+
+    summary = train(cfg)
+    final = summary["final_val_loss"]
+    loss = f"{final:.4f}" if final is not None else "n/a"
+    print(f"{summary['status']}: final val loss {loss} after {summary['steps']} steps "
+          f"({summary['wall_s']:.0f} s); run written to {summary['run_dir']}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from optbench.train.sample import sample_from_run
+
+    print(sample_from_run(args.overrides))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from optbench.config.compose import compose
+    from optbench.data import prepare
+
+    overrides = [f"data={args.name}"]
+    for key in ("source", "tokenizer", "max_tokens", "root", "num_proc"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"data.{key}={value}")
+    prepared = prepare(compose(overrides).data, progress=True)
+    counts = ", ".join(f"{split} {n:,}" for split, n in prepared.meta["tokens"].items())
+    print(f"prepared {args.name} in {prepared.dir}: {counts} tokens, vocabulary {prepared.vocab_size:,}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from optbench.config.compose import compose
+    from optbench.data import RECIPES, list_prepared
+
+    root = compose([]).data.root
+    prepared: dict[str, list[str]] = {}
+    for entry in list_prepared(root):
+        prepared.setdefault(entry["recipe"], []).append(entry["dir"])
+    table = Table(title=f"data recipes (prepared under {root})")
+    for column in ("name", "tokenizer", "remote source", "prepared"):
+        table.add_column(column)
+    for name, recipe in sorted(RECIPES.items()):
+        table.add_row(name, recipe.tokenizer, recipe.remote_description(), "\n".join(prepared.get(name, [])) or "-")
+    Console().print(table)
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from optbench.models.presets import preset_table
+
+    table = Table(title="model presets (parameters with the GPT-2 vocabulary, 50304 padded)")
+    for column in ("preset", "family", "layers", "heads", "width", "params", "non-embedding"):
+        table.add_column(column, justify="right" if column not in ("preset", "family") else "left")
+    for row in preset_table():
+        table.add_row(row["preset"], row["family"], str(row["n_layer"]), str(row["n_head"]), str(row["n_embd"]),
+                      f"{row['params'] / 1e6:.1f}M", f"{row['params_non_embedding'] / 1e6:.1f}M")
+    Console().print(table)
+    return 0
+
+
+def cmd_optim_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from optbench.optim import OPTIMIZERS
+
+    table = Table(title=f"{len(OPTIMIZERS)} optimizers")
+    for column in ("name", "defaults", "source", "reference"):
+        table.add_column(column, overflow="fold")
+    for name, spec in sorted(OPTIMIZERS.items()):
+        defaults = ", ".join(f"{f.name}={getattr(spec.config_cls(), f.name)}"
+                             for f in dataclasses.fields(spec.config_cls) if f.name != "name")
+        table.add_row(name, defaults, spec.source, spec.reference)
+    Console(width=max(Console().width, 160)).print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="optbench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one model with one optimizer")
+    train.add_argument("overrides", nargs="*", help="group=choice or key=value, e.g. model=llama optim.lr=3e-3")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="generate text from a run's checkpoint")
+    sample.add_argument("overrides", nargs="*", help='run.dir=DIR prompt="..." max_new_tokens=200 '
+                                                     "temperature=0.8 top_k=200 seed=0")
+    sample.set_defaults(func=cmd_sample)
+
+    data = commands.add_parser("data", help="prepare and list datasets").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser)
+    prepare = data.add_parser("prepare", help="tokenize a recipe into memory-mapped token files")
+    prepare.add_argument("name", help="recipe name (see `optbench data list`)")
+    prepare.add_argument("--source", help="local file, folder or glob replacing the remote source")
+    prepare.add_argument("--tokenizer", help="gpt2, char, or an HF tokenizer (hf:NAME or a tokenizer.json)")
+    prepare.add_argument("--max-tokens", dest="max_tokens", type=int, help="cap on tokens per split")
+    prepare.add_argument("--root", help="where prepared datasets live")
+    prepare.add_argument("--num-proc", dest="num_proc", type=int, help="tokenizer processes")
+    prepare.set_defaults(func=cmd_data_prepare)
+    data.add_parser("list", help="recipes and what is prepared").set_defaults(func=cmd_data_list)
+
+    model = commands.add_parser("model", help="model presets").add_subparsers(
+        dest="model_command", required=True, parser_class=_Parser)
+    model.add_parser("list", help="presets with parameter counts").set_defaults(func=cmd_model_list)
+
+    optim = commands.add_parser("optim", help="optimizers").add_subparsers(
+        dest="optim_command", required=True, parser_class=_Parser)
+    optim.add_parser("list", help="optimizers, defaults and references").set_defaults(func=cmd_optim_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except UserError as err:
+        print(f"optbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

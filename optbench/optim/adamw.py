@@ -1,0 +1,43 @@
+"""AdamW (Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization").
+
+Source: torch.optim.AdamW (foreach on CPU, fused on CUDA), the reference implementation itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from optbench.config.schema import OptimConfig
+from optbench.errors import check
+from optbench.optim.registry import OptimizerSpec, register
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    """0.95 rather than PyTorch's 0.999: the usual choice for LLM pretraining (GPT-3, Llama)."""
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
+        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
+
+
+def build_adamw(groups, cfg: AdamWConfig) -> torch.optim.Optimizer:
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=on_cuda or None)
+
+
+register(OptimizerSpec(
+    name="adamw", config_cls=AdamWConfig, build=build_adamw, source="torch.optim",
+    reference=f"Loshchilov & Hutter 2019; torch.optim.AdamW (torch {torch.__version__.split('+')[0]})",
+))

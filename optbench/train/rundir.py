@@ -1,0 +1,89 @@
+"""The run directory contract that every other tool reads.
+
+    config.yaml     the full resolved config
+    env.json        how to reproduce: command line, git commit and dirty flag, library versions, host
+    metrics.jsonl   one JSON object per line; every line has step, tokens, time_s
+    summary.json    status (completed | diverged | failed | interrupted | running) and final figures
+    checkpoints/    model + optimizer + progress, written atomically
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+LIBRARIES = ("optbench", "torch", "numpy", "hydra-core", "omegaconf", "datasets", "tiktoken", "tokenizers")
+
+
+def default_dir(model: str, optim: str, root: str = "runs") -> Path:
+    """runs/<date>-<time>-<model>-<optim>: sortable, readable, unique to the second."""
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{optim}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All lines of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    """What produced a run: enough to reproduce it or to explain a difference between two runs."""
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "argv": sys.argv,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "versions": versions,
+    }

@@ -1,0 +1,295 @@
+"""The training loop: one config in, one run directory out.
+
+    trainer = Trainer(cfg)      # data, model, optimizer; nothing written yet
+    summary = trainer.train()   # run directory, steps, evaluations, checkpoints, summary.json
+
+Everything that can fail because of the user's input (config, data, prompt, run directory) fails in
+the constructor, before a run directory exists, so a bad command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from optbench import data as datalib
+from optbench import models, optim
+from optbench.config.compose import to_yaml
+from optbench.config.schema import Config
+from optbench.errors import UserError
+from optbench.train import checkpoint, device as hw, diagnostics
+from optbench.train.rundir import default_dir, environment, read_json, write_atomic, write_json
+from optbench.train.schedules import lr_multiplier
+from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink
+
+
+class Trainer:
+    def __init__(self, cfg: Config, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        hw.setup_threads(cfg.train)
+        self.device = hw.resolve_device(cfg.train.device)
+        self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
+        self.run_dir = Path(cfg.run.dir) if cfg.run.dir else default_dir(cfg.model.name, cfg.optim.name)
+        self.resume_from = self._find_resume_checkpoint()
+
+        self.data = datalib.load(cfg.data, progress=self.console.is_terminal)
+        self.tokenizer = self.data.tokenizer()
+        self.prompt = self._encode_prompt(cfg.eval.prompt)
+        self.batches = datalib.TokenBatches(
+            self.data.tokens("train"), seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size,
+            grad_accum=cfg.train.grad_accum, data_seed=cfg.train.data_seed, sampling=cfg.data.sampling)
+        self.val_batches = datalib.eval_batches(
+            self.data.tokens("val"), cfg.train.seq_len, cfg.eval.batch_size or cfg.train.batch_size,
+            cfg.eval.batches)
+
+        torch.manual_seed(cfg.train.seed)
+        self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.optimizer = optim.build(cfg.optim, self.model)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.spikes = diagnostics.SpikeDetector()
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
+        self.step = 0
+        self.time_offset = 0.0
+
+    # ----------------------------------------------------------------------------- setup helpers
+
+    def _find_resume_checkpoint(self) -> Path | None:
+        """The checkpoint to continue from, per run.resume; refuses to reuse a run directory blindly."""
+        resume = self.cfg.run.resume
+        if resume not in ("auto", "never"):
+            path = Path(resume)
+            if not path.is_file():
+                raise UserError(f"run.resume={resume}: no such checkpoint file; valid: auto, never, PATH")
+            return path
+        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
+        if resume == "auto" and latest.is_file():
+            return latest
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise UserError(f"run.dir={self.run_dir} already holds a run without a checkpoint to resume; "
+                            "choose another run.dir")
+        return None
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except (KeyError, ValueError):
+            raise UserError(f"eval.prompt={prompt!r} has characters outside the {self.tokenizer.name} "
+                            "vocabulary; choose a prompt from the training text") from None
+        return ids or ([self.tokenizer.eot] if self.tokenizer.eot is not None else [0])
+
+    # ----------------------------------------------------------------------------- the step
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm)."""
+        cfg = self.cfg.train
+        lr_scale = lr_multiplier(step, cfg.steps, self.cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale
+        total_loss = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = (t.to(self.device, non_blocking=True) for t in self.batches.batch(step, micro))
+            with hw.autocast(self.device, self.dtype):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+        return total_loss.item(), grad_norm
+
+    def _apply_update(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ----------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss, perplexity and next-token accuracy on the fixed validation windows."""
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in self.val_batches:
+            x, y = x.to(self.device), y.to(self.device)
+            with hw.autocast(self.device, self.dtype):
+                logits = self.forward(x)
+            logits = logits.float().view(-1, logits.size(-1))
+            loss_sum += F.cross_entropy(logits, y.view(-1), reduction="sum").item()
+            correct += (logits.argmax(-1) == y.view(-1)).sum().item()
+            count += y.numel()
+        self.model.train()
+        val_loss = loss_sum / count
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)), "val_acc": correct / count}
+
+    @torch.no_grad()
+    def sample(self, prompt: list[int], max_new_tokens: int, seed: int | None = None) -> str:
+        """Text generated from `prompt` with eval.temperature and eval.top_k (seeded: comparable over time)."""
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed if seed is None else seed)
+        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        out = self.model.generate(idx, max_new_tokens, temperature=self.cfg.eval.temperature,
+                                  top_k=self.cfg.eval.top_k, generator=generator)
+        self.model.train()
+        return self.tokenizer.decode(out[0, len(prompt):].tolist())
+
+    def _eval_record(self) -> dict[str, Any]:
+        record = self.evaluate()
+        if self.cfg.eval.sample_tokens > 0:
+            record["sample"] = self.sample(self.prompt, self.cfg.eval.sample_tokens)
+        return record
+
+    def _is_eval_step(self, step: int) -> bool:
+        every = self.cfg.eval.every
+        return step == self.cfg.train.steps or step in self.cfg.eval.at_steps or (every > 0 and step % every == 0)
+
+    # ----------------------------------------------------------------------------- the run
+
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) to train.steps; write the run directory; return the summary."""
+        cfg = self.cfg
+        if self.resume_from is not None:
+            self._restore(checkpoint.load(self.resume_from, map_location=self.device))
+            if self.step >= cfg.train.steps and (self.run_dir / "summary.json").exists():
+                return read_json(self.run_dir / "summary.json")
+        self._open_run_dir()
+        sinks = self._open_sinks()
+        summary = self._summary("running", {})
+        write_json(self.run_dir / "summary.json", summary)
+        hw.reset_peak_memory(self.device)
+        best, final = math.inf, {}
+        start = time.perf_counter() - self.time_offset
+        interval_start, interval_tokens = time.perf_counter(), 0
+
+        def emit(record: dict[str, Any]) -> None:
+            record.update(step=self.step, tokens=self.step * self.tokens_per_step,
+                          time_s=round(time.perf_counter() - start, 4))
+            for sink in sinks:
+                sink.log(record)
+
+        status = "running"
+        try:
+            if self.step == 0 and cfg.eval.every > 0:
+                emit({"kind": "eval", **self._eval_record()})
+            while self.step < cfg.train.steps:
+                loss, grad_norm = self.train_step(self.step)
+                spike = self.spikes(grad_norm)
+                is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
+                before = diagnostics.snapshot(self.params) if is_log else None
+                if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
+                    status = "diverged"
+                    emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                          "grad_norm": grad_norm})
+                    break
+                grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
+                self._apply_update()
+                self.step += 1
+                interval_tokens += self.tokens_per_step
+                if is_log:
+                    now = time.perf_counter()
+                    record = {"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                              "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
+                              **diagnostics.update_stats(self.params, before),
+                              "tokens_per_s": interval_tokens / (now - interval_start)}
+                    record.update(self._mfu(record["tokens_per_s"]))
+                    emit(record)
+                    interval_start, interval_tokens = now, 0
+                if self._is_eval_step(self.step):
+                    final = self._eval_record()
+                    best = min(best, final["val_loss"])
+                    emit({"kind": "eval", **final})
+                if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.train.steps:
+                    self._save(time.perf_counter() - start)
+            if status == "running":
+                status = "completed"
+                self._save(time.perf_counter() - start)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._save(time.perf_counter() - start)
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            wall = time.perf_counter() - start
+            summary = self._summary(status, {"final_val_loss": final.get("val_loss"),
+                                             "best_val_loss": best if math.isfinite(best) else None,
+                                             "wall_s": wall})
+            write_json(self.run_dir / "summary.json", summary)
+            for sink in sinks:
+                sink.close()
+        return summary
+
+    def _mfu(self, tokens_per_s: float) -> dict[str, float]:
+        peak = hw.peak_flops(self.device)
+        if peak is None:
+            return {}
+        return {"mfu": self.model.flops_per_token(self.cfg.train.seq_len) * tokens_per_s / peak}
+
+    def _summary(self, status: str, figures: dict[str, Any]) -> dict[str, Any]:
+        wall = figures.get("wall_s") or 0.0
+        tokens = self.step * self.tokens_per_step
+        return {
+            "status": status,
+            "final_val_loss": figures.get("final_val_loss"),
+            "best_val_loss": figures.get("best_val_loss"),
+            "steps": self.step,
+            "tokens": tokens,
+            "wall_s": round(wall, 3),
+            "tokens_per_s": tokens / wall if wall > 0 else None,
+            "peak_mem_bytes": hw.peak_memory_bytes(self.device),
+            "n_params": self.model.num_params(),
+            "n_params_non_embedding": self.model.num_params(embeddings=False),
+            "run_dir": str(self.run_dir),
+        }
+
+    # ----------------------------------------------------------------------------- run directory
+
+    def _open_run_dir(self) -> None:
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg).encode())
+        write_json(self.run_dir / "env.json", environment())
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so no step appears twice."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        write_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+    def _open_sinks(self) -> list[Sink]:
+        cfg = self.cfg.run
+        sinks: list[Sink] = [JsonlSink(self.run_dir / "metrics.jsonl"),
+                             ConsoleSink(self.cfg.train.steps, self.step, self.console,
+                                         live=cfg.progress and self.console.is_terminal)]
+        if cfg.wandb:
+            sinks.append(WandbSink(cfg, self.run_dir, config={"yaml": to_yaml(self.cfg)}))
+        if cfg.tensorboard:
+            sinks.append(TensorBoardSink(self.run_dir))
+        return sinks
+
+    def _save(self, elapsed: float) -> None:
+        checkpoint.save(self.run_dir / "checkpoints" / checkpoint.LATEST, model=self.model,
+                        optimizer=self.optimizer, step=self.step, tokens=self.step * self.tokens_per_step,
+                        extra={"time_s": elapsed})
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.time_offset = state["extra"].get("time_s", 0.0)

@@ -1,0 +1,66 @@
+"""Composition, overrides and every kind of config error (one line, closest valid choices)."""
+
+import pytest
+
+from optbench.config.compose import compose, group_options, load_yaml, to_yaml
+from optbench.errors import UserError
+
+
+def test_defaults_are_the_nanogpt_cpu_recipe():
+    cfg = compose([])
+    assert (cfg.model.name, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == ("gpt2", 4, 4, 128)
+    assert (cfg.data.name, cfg.optim.name, cfg.schedule.name) == ("shakespeare-char", "adamw", "cosine")
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seq_len) == (2000, 12, 64)
+
+
+def test_the_issue_example_composes():
+    cfg = compose(["model=llama", "data=wikitext-2", "optim=adamw", "optim.lr=3e-3", "train.steps=500",
+                   "train.batch_size=16", "train.seq_len=128", "run.dir=runs/demo"])
+    assert type(cfg.model).__name__ == "LlamaConfig"
+    assert (cfg.data.name, cfg.optim.lr, cfg.train.steps, cfg.run.dir) == ("wikitext-2", 3e-3, 500, "runs/demo")
+
+
+def test_presets_and_experiments_extend_the_schemas():
+    assert compose(["model=gpt2-124m"]).model.n_layer == 12
+    cfg = compose(["experiment=nanogpt-shakespeare"])
+    assert (cfg.optim.beta2, cfg.schedule.warmup_steps, cfg.data.sampling) == (0.99, 100, "random")
+    wsd = compose(["schedule=wsd", "schedule.decay_frac=0.1"]).schedule
+    assert (wsd.name, wsd.decay_shape, wsd.decay_frac) == ("wsd", "sqrt", 0.1)
+
+
+def test_each_optimizer_brings_its_own_keys():
+    assert compose(["optim=sgd", "optim.nesterov=false"]).optim.nesterov is False
+    with pytest.raises(UserError, match=r"unknown key 'optim.beta2'"):
+        compose(["optim=sgd", "optim.beta2=0.9"])
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["train.stpes=3"], r"^unknown key 'train.stpes'; valid: train.steps"),
+    (["trian.steps=3"], r"^unknown key 'trian'; valid: train"),
+    (["model=lama"], r"^unknown model 'lama'; valid: llama"),
+    (["optim=adamm"], r"^unknown optim 'adamm'; valid: adamw"),
+    (["modle=gpt2"], r"^unknown key 'modle'; valid: model"),
+    (["train.steps=abc"], r"^invalid value for train.steps: .*'abc'"),
+    (["model.dropout=lots"], r"^invalid value for model.dropout"),
+    (["schedule.name=cosin"], r"^unknown schedule.name 'cosin'; valid: cosine"),
+    (["train.dtype=fp8"], r"^unknown train.dtype 'fp8'; valid: .*float"),
+    (["optim.lr=-1"], r"optim.lr=-1.0 must be non-negative"),
+    (["optim.beta2=1.0"], r"optim.beta2=1.0 must be in \[0, 1\)"),
+    (["model.n_embd=130"], r"must be divisible by model.n_head"),
+])
+def test_config_errors_are_one_line(overrides, pattern):
+    with pytest.raises(UserError, match=pattern) as info:
+        compose(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_group_options_list_yaml_presets_and_registered_schemas():
+    assert {"gpt2", "llama", "gpt2-124m"} <= set(group_options("model"))
+    assert {"adamw", "sgd", "adamw-llm"} <= set(group_options("optim"))
+
+
+def test_config_yaml_round_trips(tmp_path):
+    cfg = compose(["model=llama", "model.qk_norm=true", "optim=sgd", "eval.at_steps=[5,7]"])
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_yaml(path) == cfg
