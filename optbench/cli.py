@@ -73,10 +73,11 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     for entry in list_prepared(root):
         prepared.setdefault(entry["recipe"], []).append(entry["dir"])
     table = Table(title=f"data recipes (prepared under {root})")
-    for column in ("name", "tokenizer", "remote source", "prepared"):
-        table.add_column(column)
+    for column in ("name", "description", "tokenizer", "remote source", "prepared"):
+        table.add_column(column, overflow="fold")
     for name, recipe in sorted(RECIPES.items()):
-        table.add_row(name, recipe.tokenizer, recipe.remote_description(), "\n".join(prepared.get(name, [])) or "-")
+        remote = recipe.hub_data_files or " ".join(filter(None, (recipe.hub_path, recipe.hub_config)))
+        table.add_row(name, recipe.description, recipe.tokenizer, remote, "\n".join(prepared.get(name, [])) or "-")
     Console().print(table)
     return 0
 

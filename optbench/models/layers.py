@@ -139,8 +139,12 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 vocab_limit: int | None = None) -> torch.Tensor:
         """Append `max_new_tokens` sampled tokens to each row of `idx` (B, T) and return (B, T + new).
+
+        `vocab_limit` restricts sampling to the tokenizer's ids: the embedding table is padded
+        beyond them (50257 -> 50304) and those rows must never be sampled.
 
         The context is cropped to the last `seq_len` tokens, the model runs in eval mode (no
         dropout) and restores its mode afterwards, and all randomness comes from `generator`
@@ -150,7 +154,7 @@ class CausalLM(nn.Module):
         self.eval()
         try:
             for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.seq_len:])[:, -1, :].float() / temperature
+                logits = self(idx[:, -self.seq_len:])[:, -1, :vocab_limit].float() / temperature
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

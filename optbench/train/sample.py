@@ -67,5 +67,5 @@ def sample_from_run(overrides: list[str]) -> str:
     generator = torch.Generator(device=device).manual_seed(request.seed)
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
     out = model.generate(idx, request.max_new_tokens, temperature=request.temperature, top_k=request.top_k,
-                         generator=generator)
+                         generator=generator, vocab_limit=prepared.vocab_size)
     return request.prompt + tokenizer.decode(out[0, len(prompt):].tolist())

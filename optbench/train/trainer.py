@@ -141,7 +141,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed if seed is None else seed)
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
         out = self.model.generate(idx, max_new_tokens, temperature=self.cfg.eval.temperature,
-                                  top_k=self.cfg.eval.top_k, generator=generator)
+                                  top_k=self.cfg.eval.top_k, generator=generator, vocab_limit=self.data.vocab_size)
         self.model.train()
         return self.tokenizer.decode(out[0, len(prompt):].tolist())
 
@@ -207,7 +207,9 @@ class Trainer:
                     emit(record)
                     interval_start, interval_tokens = now, 0
                 if self._is_eval_step(self.step):
+                    eval_start = time.perf_counter()
                     final = self._eval_record()
+                    interval_start += time.perf_counter() - eval_start  # tokens/s counts training only
                     best = min(best, final["val_loss"])
                     emit({"kind": "eval", **final})
                 if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.train.steps:

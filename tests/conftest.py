@@ -1,0 +1,76 @@
+"""Shared fixtures: the offline data folder (../shared/data), data configs in tmp_path, a tiny training run."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a dataset hub; these make `datasets` and `huggingface_hub` fail fast instead of retrying.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data relative to the repository root, holding the offline corpora."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"no offline data folder at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def gpt2_mirror(shared_data) -> Path:
+    """A mirror folder holding tokenizers/gpt2.tiktoken, so the GPT-2 tokenizer loads offline."""
+    if not (shared_data / "tokenizers" / "gpt2.tiktoken").is_file():
+        pytest.skip(f"no {shared_data / 'tokenizers' / 'gpt2.tiktoken'} for the offline GPT-2 tokenizer")
+    return shared_data
+
+
+@pytest.fixture
+def data_cfg(tmp_path):
+    """A DataConfig factory writing under tmp_path, with an empty mirror unless one is given."""
+    from optbench.config.schema import DataConfig
+
+    def make(**overrides) -> DataConfig:
+        options = {"root": str(tmp_path / "prepared"), "mirror": str(tmp_path / "empty-mirror"),
+                   "num_proc": 1, **overrides}
+        return DataConfig(**options)
+    return make
+
+
+@pytest.fixture
+def hf_tokenizer_json():
+    """Writes a word-level tokenizer.json: <unk>=0, </s>=1 (its end of text), hello world the cat, w6.."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    def write(path, vocab_size=8):
+        vocab = {"<unk>": 0, "</s>": 1, "hello": 2, "world": 3, "the": 4, "cat": 5}
+        vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(path))
+        return path
+    return write
+
+
+TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\n"
+               for i in range(300))
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, corpus):
+    """A 2-layer GPT on the corpus, evaluated and checkpointed along the way."""
+    return [f"data.source={corpus}", f"data.root={tmp_path / 'prepared'}", "data.num_proc=1",
+            "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+            "train.steps=30", "train.batch_size=4", "train.seq_len=32", "train.device=cpu",
+            "schedule.warmup_steps=5", "eval.every=10", "eval.batches=2", "eval.sample_tokens=16",
+            "run.log_every=5", "run.progress=false", f"run.dir={tmp_path / 'run'}"]
