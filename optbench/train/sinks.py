@@ -6,8 +6,8 @@ record may carry the generated `sample` text.
 
 from __future__ import annotations
 
+import importlib
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,9 +17,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from optbench.config.schema import RunConfig
 from optbench.errors import UserError
-
-log = logging.getLogger("optbench")
-
 
 class Sink(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
@@ -78,15 +75,26 @@ class ConsoleSink:
             self.progress.stop()
 
 
+def require_optional(cfg: RunConfig) -> None:
+    """Fail before anything is written when an enabled sink's library is missing."""
+    if cfg.wandb:
+        _import("wandb", "wandb")
+    if cfg.tensorboard:
+        _import("torch.utils.tensorboard", "tensorboard")
+
+
+def _import(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"run.{extra}=true needs {extra}: pip install 'optbench[{extra}]'") from None
+
+
 class WandbSink:
     """Weights & Biases, online or offline (an optional extra: pip install optbench[wandb])."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, config: dict[str, Any]):
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("run.wandb=true needs wandb: pip install 'optbench[wandb]'") from None
-        self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.wandb_name,
+        self.run = _import("wandb", "wandb").init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=cfg.wandb_name,
                               mode=cfg.wandb_mode, dir=str(run_dir), config=config, resume="allow")
 
     def log(self, record: dict[str, Any]) -> None:
@@ -103,11 +111,7 @@ class TensorBoardSink:
     """TensorBoard event files under <run>/tensorboard (optional extra: optbench[tensorboard])."""
 
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("run.tensorboard=true needs tensorboard: pip install 'optbench[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = _import("torch.utils.tensorboard", "tensorboard").SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
         step, kind = record["step"], record["kind"]

@@ -27,7 +27,7 @@ from optbench.errors import UserError
 from optbench.train import checkpoint, device as hw, diagnostics
 from optbench.train.rundir import default_dir, environment, read_json, write_atomic, write_json
 from optbench.train.schedules import lr_multiplier
-from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink
+from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 
 
 class Trainer:
@@ -39,6 +39,7 @@ class Trainer:
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
         self.run_dir = Path(cfg.run.dir) if cfg.run.dir else default_dir(cfg.model.name, cfg.optim.name)
         self.resume_from = self._find_resume_checkpoint()
+        require_optional(cfg.run)
 
         self.data = datalib.load(cfg.data, progress=self.console.is_terminal)
         self.tokenizer = self.data.tokenizer()
