@@ -18,6 +18,7 @@ SCHEDULES = ("cosine", "linear", "wsd", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLING = ("random", "shuffled")
+WEIGHT_AVG = ("none", "ema", "uniform")
 
 
 @dataclass
@@ -80,6 +81,9 @@ class OptimConfig:
     """Optimizer in the optimizer registry (see `optbench optim list`)."""
     lr: float = 1e-3
     weight_decay: float = 0.0
+    """Decoupled or L2, as the optimizer defines it; never applied to norm gains and biases."""
+    decay_embeddings: bool = True
+    """Apply weight decay to embedding tables too (GPT-2/nanoGPT do; many recent recipes don't)."""
 
     def __post_init__(self) -> None:
         check(self.lr >= 0.0, f"optim.lr={self.lr} must be non-negative")
@@ -133,12 +137,20 @@ class TrainConfig:
     """CPU threads for torch; None: torch's default."""
     diverge_loss: float = 1e4
     """Stop with status diverged when the training loss is non-finite or above this."""
+    weight_avg: str = "none"
+    """none | ema | uniform: also evaluate an average of the weights (metrics with an _avg suffix)."""
+    weight_avg_decay: float = 0.999
+    """ema: the average's decay per step."""
+    weight_avg_start: int = 0
+    """Start averaging after this many steps."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "seq_len"):
             check(getattr(self, key) > 0, f"train.{key}={getattr(self, key)} must be positive")
         check(self.grad_clip >= 0.0, f"train.grad_clip={self.grad_clip} must be >= 0")
         check_choice("train.dtype", self.dtype, DTYPES)
+        check_choice("train.weight_avg", self.weight_avg, WEIGHT_AVG)
+        check(0.0 < self.weight_avg_decay < 1.0, f"train.weight_avg_decay={self.weight_avg_decay} must be in (0, 1)")
 
 
 @dataclass

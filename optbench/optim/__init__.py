@@ -1,6 +1,17 @@
-"""Optimizers behind one registry: `names()`, `create(name, model, **hparams)`, `build(cfg, model)`."""
+"""Optimizers behind one registry: `names()`, `create(name, model, **hparams)`, `build(cfg, model)`.
 
-from optbench.optim import adamw, sgd  # noqa: F401  (registers them)
-from optbench.optim.registry import OPTIMIZERS, OptimizerSpec, build, config_classes, create, get, names, register
+Every module in `optbench/optim/algorithms/` is imported here and registers itself.
+"""
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "build", "config_classes", "create", "get", "names", "register"]
+import importlib
+import pkgutil
+
+from optbench.optim import algorithms
+from optbench.optim.registry import (OPTIMIZERS, Capabilities, OptimizerSpec, build, config_classes, create, get,
+                                     make_config, names, register, routing_table)
+
+for _module in pkgutil.iter_modules(algorithms.__path__):
+    importlib.import_module(f"{algorithms.__name__}.{_module.name}")
+
+__all__ = ["OPTIMIZERS", "Capabilities", "OptimizerSpec", "build", "config_classes", "create", "get",
+           "make_config", "names", "register", "routing_table"]

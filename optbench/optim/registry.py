@@ -1,23 +1,42 @@
-"""The optimizer registry: a name maps to its hyperparameter dataclass, a builder and its provenance.
+"""The optimizer registry: a name maps to its hyperparameters, a builder, capabilities and provenance.
 
-Adding an optimizer is one file that defines an `OptimConfig` subclass and calls `register`.
-The trainer and the CLI only go through `create` and the specs here; they never read a name.
+Adding an optimizer is one file in `optbench/optim/algorithms/` that defines an `OptimConfig`
+subclass and calls `register`. The trainer and the CLI only go through `build`/`create` and the
+specs' capabilities; they never read an optimizer's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import UserError, check_choice, closest
-from optbench.optim.param_groups import ParamGroup, param_groups
+from optbench.optim.routing import Routed, groups_by_role, route
+from optbench.optim.search_space import SearchSpace
 
-Builder = Callable[[list[ParamGroup], OptimConfig], torch.optim.Optimizer]
+Builder = Callable[[list[dict], OptimConfig], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an optimizer needs from the trainer beyond `step()`; the trainer calls the matching hooks."""
+
+    matrix_only: bool = False
+    """Takes only the hidden matrices; embeddings, head and vectors go to `cfg.backup` (see hybrid.py)."""
+    train_eval_modes: bool = False
+    """Has `optimizer.train()` / `optimizer.eval()` (Schedule-Free): eval mode around evaluation and saving."""
+    hessian_pass: bool = False
+    """Every `optimizer.hessian_every` steps the trainer backpropagates a loss on labels sampled from the
+    model and calls `optimizer.update_hessian()` (Sophia-G's Gauss-Newton-Bartlett estimator)."""
+    needs_horizon: bool = False
+    """Gets `optimizer.set_horizon(total_steps)` before training (VeLO)."""
+    observes_loss: bool = False
+    """Gets `optimizer.observe_loss(loss)` before each step (learned optimizers use it as a feature)."""
 
 
 @dataclass(frozen=True)
@@ -28,22 +47,32 @@ class OptimizerSpec:
     config_cls: type[OptimConfig]
     build: Builder
     source: str
-    """Where the update rule comes from: 'torch.optim', a PyPI package, or 'optbench'."""
+    """Where the update rule's code comes from: 'torch.optim', a PyPI package==version, or 'optbench'."""
     reference: str
     """The paper and the reference implementation (and version) it is checked against."""
+    search_space: SearchSpace = field(default_factory=dict)
+    """Default tuning ranges of this optimizer's own hyperparameters."""
+    capabilities: Capabilities = Capabilities()
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
 
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:
-    """Add an optimizer; its config class's `name` default must equal `spec.name`."""
+    """Add an optimizer; its config's `name` must default to `spec.name` and its search space name real keys."""
     if spec.name in OPTIMIZERS:
         raise ValueError(f"optimizer {spec.name!r} registered twice")
     if spec.config_cls().name != spec.name:
         raise ValueError(f"{spec.config_cls.__name__}.name must default to {spec.name!r}")
+    unknown = set(spec.search_space) - _fields(spec.config_cls)
+    if unknown:
+        raise ValueError(f"search space of {spec.name!r} names unknown hyperparameters {sorted(unknown)}")
     OPTIMIZERS[spec.name] = spec
     return spec
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} - {"name"}
 
 
 def names() -> list[str]:
@@ -62,21 +91,54 @@ def config_classes() -> dict[str, type[OptimConfig]]:
 
 
 def make_config(name: str, **hparams) -> OptimConfig:
-    """The optimizer's config with `hparams` replacing defaults; unknown keys are a UserError."""
+    """The optimizer's config with `hparams` replacing defaults; an unknown key is a UserError."""
     spec = get(name)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)} - {"name"}
+    valid = _fields(spec.config_cls)
     for key in hparams:
-        if key not in fields:
+        if key not in valid:
             raise UserError(f"unknown hyperparameter '{key}' for optimizer {name}; "
-                            f"valid: {', '.join(closest(key, fields))}")
+                            f"valid: {', '.join(closest(key, valid))}")
     return spec.config_cls(**hparams)
 
 
+def build_for(cfg: OptimConfig, routed: list[Routed]) -> torch.optim.Optimizer:
+    """Build the optimizer `cfg` describes over already-routed parameters."""
+    spec = get(cfg.name)
+    if not spec.capabilities.matrix_only:
+        return spec.build(groups_by_role(routed), cfg)
+    from optbench.optim.hybrid import HybridOptimizer
+
+    matrices = [r for r in routed if r.role == "matrix"]
+    rest = [r for r in routed if r.role != "matrix"]
+    parts = {"matrix": spec.build(groups_by_role(matrices), cfg)} if matrices else {}
+    if rest:
+        parts["backup"] = build_for(cfg.backup, [dataclasses.replace(r, weight_decay=_backup_decay(r, cfg))
+                                                 for r in rest])
+    return HybridOptimizer(parts)
+
+
+def _backup_decay(r: Routed, cfg: OptimConfig) -> float:
+    """The backup's own weight decay, applied where routing allows decay at all."""
+    return cfg.backup.weight_decay if r.weight_decay > 0 else 0.0
+
+
 def build(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Build the optimizer described by a config for a model's parameters."""
-    return get(cfg.name).build(param_groups(model, cfg.weight_decay), cfg)
+    """Build the optimizer described by a config for a model's parameters, routed by role."""
+    return build_for(cfg, route(model, cfg))
 
 
 def create(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
     """`create("adamw", model, lr=3e-4)`: the library entry point."""
     return build(make_config(name, **hparams), model)
+
+
+def routing_table(cfg: OptimConfig, model: nn.Module) -> list[dict]:
+    """Each parameter's role, optimizer and weight decay, as rows (printed at start, saved per run)."""
+    spec = get(cfg.name)
+    rows = []
+    for r in route(model, cfg):
+        to_backup = spec.capabilities.matrix_only and r.role != "matrix"
+        decay = _backup_decay(r, cfg) if to_backup else r.weight_decay
+        rows.append({"name": r.name, "shape": list(r.param.shape), "role": r.role,
+                     "optimizer": cfg.backup.name if to_backup else cfg.name, "weight_decay": decay})
+    return rows

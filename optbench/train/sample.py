@@ -58,7 +58,8 @@ def sample_from_run(overrides: list[str]) -> str:
     tokenizer = prepared.tokenizer()
     device = resolve_device(request.device)
     model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
-    model.load_state_dict(checkpoint.load(ckpt)["model"])
+    state = checkpoint.load(ckpt)
+    model.load_state_dict(state["extra"].get("eval_model", state["model"]))  # Schedule-Free: its eval point
     model.to(device).eval()
     try:
         prompt = tokenizer.encode(request.prompt) or [tokenizer.eot if tokenizer.eot is not None else 0]

@@ -25,6 +25,8 @@ from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
 from optbench.train import checkpoint, device as hw, diagnostics
+from optbench.train.averaging import WeightAverage
+from optbench.train.optimizer_hooks import OptimizerHooks
 from optbench.train.rundir import default_dir, environment, read_json, write_atomic, write_json
 from optbench.train.schedules import lr_multiplier
 from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
@@ -57,6 +59,9 @@ class Trainer:
         self.optimizer = optim.build(cfg.optim, self.model)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
+        self.hooks = OptimizerHooks(self.optimizer, optim.get(cfg.optim.name).capabilities)
+        self.routing = optim.routing_table(cfg.optim, self.model)
+        self.averager = WeightAverage(self.model, cfg.train) if cfg.train.weight_avg != "none" else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.spikes = diagnostics.SpikeDetector()
@@ -119,19 +124,21 @@ class Trainer:
     # ----------------------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Loss, perplexity and next-token accuracy on the fixed validation windows."""
-        self.model.eval()
+        model = model or self.model
+        forward = self.forward if model is self.model else model
+        model.eval()
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in self.val_batches:
             x, y = x.to(self.device), y.to(self.device)
             with hw.autocast(self.device, self.dtype):
-                logits = self.forward(x)
+                logits = forward(x)
             logits = logits.float().view(-1, logits.size(-1))
             loss_sum += F.cross_entropy(logits, y.view(-1), reduction="sum").item()
             correct += (logits.argmax(-1) == y.view(-1)).sum().item()
             count += y.numel()
-        self.model.train()
+        model.train()
         val_loss = loss_sum / count
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)), "val_acc": correct / count}
 
@@ -147,9 +154,12 @@ class Trainer:
         return self.tokenizer.decode(out[0, len(prompt):].tolist())
 
     def _eval_record(self) -> dict[str, Any]:
-        record = self.evaluate()
-        if self.cfg.eval.sample_tokens > 0:
-            record["sample"] = self.sample(self.prompt, self.cfg.eval.sample_tokens)
+        with self.hooks.eval_mode():
+            record = self.evaluate()
+            if self.cfg.eval.sample_tokens > 0:
+                record["sample"] = self.sample(self.prompt, self.cfg.eval.sample_tokens)
+        if self.averager is not None:
+            record.update({f"{k}_avg": v for k, v in self.evaluate(self.averager.module).items()})
         return record
 
     def _is_eval_step(self, step: int) -> bool:
@@ -180,6 +190,7 @@ class Trainer:
             for sink in sinks:
                 sink.log(record)
 
+        self.hooks.before_training(cfg.train.steps)
         status = "running"
         try:
             if self.step == 0 and cfg.eval.every > 0:
@@ -195,8 +206,10 @@ class Trainer:
                           "grad_norm": grad_norm})
                     break
                 grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
+                self.hooks.before_step(loss)
                 self._apply_update()
                 self.step += 1
+                self._after_update()
                 interval_tokens += self.tokens_per_step
                 if is_log:
                     now = time.perf_counter()
@@ -234,6 +247,20 @@ class Trainer:
                 sink.close()
         return summary
 
+    def _after_update(self) -> None:
+        """Work some optimizers or options need once the weights have moved."""
+        if self.hooks.wants_hessian(self.step):
+            x = self.batches.batch(self.step - 1, 0)[0].to(self.device)
+            generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+
+            def logits() -> torch.Tensor:
+                with hw.autocast(self.device, self.dtype):
+                    return self.forward(x)
+
+            self.hooks.hessian_pass(logits, generator)
+        if self.averager is not None:
+            self.averager.update(self.model, self.step)
+
     def _mfu(self, tokens_per_s: float) -> dict[str, float]:
         peak = hw.peak_flops(self.device)
         if peak is None:
@@ -263,6 +290,8 @@ class Trainer:
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg).encode())
         write_json(self.run_dir / "env.json", environment())
+        write_json(self.run_dir / "routing.json", self.routing)
+        self._print_routing()
         self._truncate_metrics(self.step)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -285,14 +314,33 @@ class Trainer:
             sinks.append(TensorBoardSink(self.run_dir))
         return sinks
 
+    def _print_routing(self) -> None:
+        counts: dict[tuple[str, str, float], list[int]] = {}
+        for row in self.routing:
+            numel = math.prod(row["shape"])
+            entry = counts.setdefault((row["role"], row["optimizer"], row["weight_decay"]), [0, 0])
+            entry[0], entry[1] = entry[0] + 1, entry[1] + numel
+        for (role, name, decay), (tensors, numel) in counts.items():
+            self.console.print(f"routing: {role:<9} -> {name:<10} weight_decay {decay:<6g} "
+                               f"{tensors:>3} tensors {numel:>12,} parameters", highlight=False)
+
     def _save(self, elapsed: float) -> None:
+        """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling."""
+        extra: dict[str, Any] = {"time_s": elapsed}
+        if self.hooks.caps.train_eval_modes:
+            with self.hooks.eval_mode():
+                extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        if self.averager is not None:
+            extra["averaged_model"] = self.averager.state_dict()
         checkpoint.save(self.run_dir / "checkpoints" / checkpoint.LATEST, model=self.model,
                         optimizer=self.optimizer, step=self.step, tokens=self.step * self.tokens_per_step,
-                        extra={"time_s": elapsed})
+                        extra=extra)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
+        if self.averager is not None:
+            self.averager.load_state_dict(state["extra"]["averaged_model"])
         self.step = state["step"]
         self.time_offset = state["extra"].get("time_s", 0.0)

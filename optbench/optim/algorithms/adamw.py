@@ -12,6 +12,7 @@ import torch
 from optbench.config.schema import OptimConfig
 from optbench.errors import check
 from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.search_space import Choice, LogUniform
 
 
 @dataclass
@@ -41,4 +42,6 @@ def build_adamw(groups, cfg: AdamWConfig) -> torch.optim.Optimizer:
 register(OptimizerSpec(
     name="adamw", config_cls=AdamWConfig, build=build_adamw, source="torch.optim",
     reference=f"Loshchilov & Hutter 2019; torch.optim.AdamW (torch {torch.__version__.split('+')[0]})",
+    search_space={"lr": LogUniform(1e-4, 1e-2), "beta2": Choice((0.95, 0.98, 0.99, 0.999)),
+                  "weight_decay": Choice((0.0, 0.01, 0.1))},
 ))

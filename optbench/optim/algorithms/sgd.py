@@ -1,4 +1,4 @@
-"""SGD with (Nesterov) momentum and decoupled-as-coupled L2 weight decay, as torch.optim.SGD does.
+"""SGD with (Nesterov) momentum and L2 weight decay added to the gradient, as torch.optim.SGD does.
 
 Source: torch.optim.SGD, the reference implementation itself.
 """
@@ -12,6 +12,7 @@ import torch
 from optbench.config.schema import OptimConfig
 from optbench.errors import check
 from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.search_space import Choice, LogUniform
 
 
 @dataclass
@@ -38,4 +39,5 @@ def build_sgd(groups, cfg: SGDConfig) -> torch.optim.Optimizer:
 register(OptimizerSpec(
     name="sgd", config_cls=SGDConfig, build=build_sgd, source="torch.optim",
     reference=f"Sutskever et al. 2013 (Nesterov momentum); torch.optim.SGD (torch {torch.__version__.split('+')[0]})",
+    search_space={"lr": LogUniform(1e-3, 1.0), "momentum": Choice((0.9, 0.95, 0.98))},
 ))

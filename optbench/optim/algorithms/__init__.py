@@ -1,0 +1,1 @@
+"""One file per optimizer; each registers itself with `optbench.optim.registry.register`."""

@@ -1,0 +1,96 @@
+"""Parameter routing: roles, weight decay by role, matrix optimizers with a backup, tied weights."""
+
+import pytest
+import torch
+
+from optbench import optim
+from optbench.models import LlamaConfig, build
+from optbench.optim.hybrid import HybridOptimizer
+from optbench.optim.registry import make_config
+from optbench.optim.routing import route
+from tests.optim.harness import lm_batches, through_disk, tiny_lm, train
+
+
+def roles(model, **hparams):
+    return {r.name: (r.role, r.weight_decay) for r in route(model, make_config("adamw", **hparams))}
+
+
+def test_gpt2_roles_and_weight_decay():
+    table = roles(tiny_lm(), weight_decay=0.1)
+    assert table["transformer.wte.weight"] == ("embedding", 0.1)  # tied with lm_head: listed once
+    assert table["transformer.wpe.weight"] == ("embedding", 0.1)
+    assert table["transformer.h.0.attn.c_attn.weight"] == ("matrix", 0.1)
+    assert table["transformer.h.0.ln_1.weight"] == ("vector", 0.0)
+    assert table["transformer.h.0.attn.c_attn.bias"] == ("vector", 0.0)
+    assert "lm_head.weight" not in table
+
+
+def test_embeddings_decay_is_configurable():
+    table = roles(tiny_lm(), weight_decay=0.1, decay_embeddings=False)
+    assert table["transformer.wte.weight"] == ("embedding", 0.0)
+    assert table["transformer.h.1.mlp.c_fc.weight"] == ("matrix", 0.1)
+
+
+def test_untied_llama_head_is_its_own_role():
+    torch.manual_seed(0)
+    model = build(LlamaConfig(n_layer=1, n_head=2, n_embd=32, tie_embeddings=False), 64, 16)
+    table = roles(model)
+    assert table["output.weight"][0] == "head"
+    assert table["tok_embeddings.weight"][0] == "embedding"
+    assert {role for role, _ in table.values()} == {"embedding", "head", "vector", "matrix"}
+
+
+def test_every_parameter_is_routed_exactly_once():
+    model = tiny_lm()
+    routed = route(model, make_config("adamw"))
+    assert sorted(id(r.param) for r in routed) == sorted(id(p) for p in model.parameters())
+
+
+def test_routing_table_rows_name_the_optimizer_of_each_parameter():
+    rows = optim.routing_table(make_config("sgd"), tiny_lm())
+    assert {row["optimizer"] for row in rows} == {"sgd"}
+    assert all(set(row) == {"name", "shape", "role", "optimizer", "weight_decay"} for row in rows)
+
+
+class TestHybrid:
+    def make(self, model):
+        matrices = [p for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n]
+        rest = [p for n, p in model.named_parameters() if not any(p is m for m in matrices)]
+        return HybridOptimizer({"matrix": torch.optim.SGD(matrices, lr=0.1, momentum=0.9),
+                                "backup": torch.optim.AdamW(rest, lr=1e-3)})
+
+    def test_steps_both_parts_and_shares_their_groups(self):
+        model = tiny_lm()
+        opt = self.make(model)
+        assert opt.param_groups[0] is opt.parts["matrix"].param_groups[0]
+        before = [p.detach().clone() for p in model.parameters()]
+        train(model, opt, lm_batches(2))
+        assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    def test_state_dict_round_trip_restores_both_parts(self):
+        batches = lm_batches(6)
+        model = tiny_lm()
+        opt = self.make(model)
+        train(model, opt, batches[:3])
+        saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
+        train(model, opt, batches[3:])
+        again = tiny_lm(seed=3)
+        again.load_state_dict(saved_model)
+        again_opt = self.make(again)
+        again_opt.load_state_dict(saved_opt)
+        assert again_opt.param_groups[0] is again_opt.parts["matrix"].param_groups[0]
+        train(again, again_opt, batches[3:])
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+
+    def test_schedule_changes_reach_the_inner_optimizers(self):
+        opt = self.make(tiny_lm())
+        for group in opt.param_groups:
+            group["lr"] = 0.5
+        assert opt.parts["backup"].param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("name", [n for n in optim.names() if optim.get(n).capabilities.matrix_only])
+def test_matrix_optimizers_send_everything_but_hidden_matrices_to_the_backup(name):
+    rows = optim.routing_table(make_config(name), tiny_lm())
+    for row in rows:
+        assert (row["optimizer"] == name) == (row["role"] == "matrix"), row
