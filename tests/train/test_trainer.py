@@ -54,7 +54,9 @@ def test_same_seeds_give_identical_runs(tmp_path, tiny_overrides):
     assert first["final_val_loss"] == second["final_val_loss"]
 
 
-def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_overrides, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["train.weight_avg=ema"]], ids=["plain", "with-ema"])
+def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_overrides, monkeypatch, extra):
+    tiny_overrides = [*tiny_overrides, *extra]
     straight = optbench.train([*tiny_overrides, f"run.dir={tmp_path / 'straight'}"])
 
     real_step = Trainer.train_step
