@@ -32,7 +32,7 @@ class Capabilities:
     """Has `optimizer.train()` / `optimizer.eval()` (Schedule-Free): eval mode around evaluation and saving."""
     hessian_pass: bool = False
     """Every `optimizer.hessian_every` steps the trainer backpropagates a loss on labels sampled from the
-    model and calls `optimizer.update_hessian()` (Sophia-G's Gauss-Newton-Bartlett estimator)."""
+    model and calls `optimizer.update_hessian(batch_tokens=...)` (Sophia-G's Gauss-Newton-Bartlett estimator)."""
     needs_horizon: bool = False
     """Gets `optimizer.set_horizon(total_steps)` before training (VeLO)."""
     observes_loss: bool = False

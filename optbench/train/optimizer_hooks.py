@@ -51,5 +51,5 @@ class OptimizerHooks:
             sampled = torch.multinomial(F.softmax(flat, dim=-1), 1, generator=generator).view(-1)
         self.optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(flat, sampled).backward()
-        self.optimizer.update_hessian()
+        self.optimizer.update_hessian(batch_tokens=flat.size(0))
         self.optimizer.zero_grad(set_to_none=True)

@@ -13,12 +13,19 @@ from tests.optim.harness import lm_batches, through_disk, tiny_lm, train
 
 NAMES = optim.names()
 STEPS = 40
+TINY_LM_HPARAMS = {
+    # Relative-step optimizers whose paper defaults move a 0.02-std init too little in 40 steps: Lion moves
+    # each weight by exactly lr per step, LAMB each layer by lr times its norm. Their updates are checked
+    # step by step against references at other settings; here only "it learns" is asserted.
+    "lion": {"lr": 1e-3},
+    "lamb": {"lr": 1e-2},
+}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_falls_on_a_tiny_language_model(name):
     model = tiny_lm()
-    losses = train(model, optim.create(name, model), lm_batches(STEPS), name=name)
+    losses = train(model, optim.create(name, model, **TINY_LM_HPARAMS.get(name, {})), lm_batches(STEPS), name=name)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert all(torch.isfinite(torch.tensor(losses)))
     assert last < first - 0.25, f"{name}: loss {first:.3f} -> {last:.3f} in {STEPS} steps"
