@@ -56,8 +56,14 @@ class LambConfig(OptimConfig):
 
 def lamb_direction(params: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], eps: float,
                    weight_decay: float, correction1: float, correction2: float) -> list[Tensor]:
-    """r = m / c1 / (sqrt(v / c2) + eps) + wd p as new tensors (c1 = c2 = 1: no bias correction)."""
-    updates = torch._foreach_div(exp_avgs, adam_denominator(exp_avg_sqs, eps, correction2))
+    """r = m / c1 / (sqrt(v / c2) + eps) + wd p as new tensors (c1 = c2 = 1: no bias correction).
+
+    Built inside the one buffer the denominator allocates: on CPU each fresh full-size tensor costs
+    page faults comparable to an arithmetic pass.
+    """
+    updates = adam_denominator(exp_avg_sqs, eps, correction2)
+    torch._foreach_reciprocal_(updates)
+    torch._foreach_mul_(updates, exp_avgs)
     if correction1 != 1.0:
         torch._foreach_div_(updates, correction1)
     if weight_decay != 0.0:
@@ -106,8 +112,7 @@ class Lamb(torch.optim.Optimizer):
                           else (1.0, 1.0))
                 updates = lamb_direction(p, m, v, group["eps"], group["weight_decay"], c1, c2)
                 scales = trust_ratios(p, updates).mul_(-group["lr"])
-                torch._foreach_mul_(updates, scales.unbind())
-                torch._foreach_add_(p, updates)
+                torch._foreach_addcmul_(p, updates, list(scales.unbind()))  # p += (-lr ratio) r, one pass
             for s in states:
                 s["step"] += 1
         return loss
