@@ -31,3 +31,9 @@ def check(condition: bool, message: str) -> None:
     """Raise a UserError with `message` unless `condition` holds (a user-facing assert)."""
     if not condition:
         raise UserError(message)
+
+
+def check_unit_interval(prefix: str, **values: float) -> None:
+    """Each value (betas, momenta) must lie in [0, 1); the UserError names the key, e.g. optim.beta2=1.0."""
+    for key, value in values.items():
+        check(0.0 <= value < 1.0, f"{prefix}.{key}={value} must be in [0, 1)")

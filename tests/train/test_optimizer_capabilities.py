@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import optbench
+from tests.train.resume import assert_interrupted_run_resumes_exactly
 from optbench.optim.algorithms.sophia import SophiaG
 from optbench.train.checkpoint import LATEST
 from optbench.train.rundir import read_metrics
@@ -87,23 +88,4 @@ RESUMABLE = {
 
 @pytest.mark.parametrize("name", list(RESUMABLE))
 def test_interrupt_then_resume_matches_an_uninterrupted_run(name, tmp_path, tiny_overrides, monkeypatch):
-    overrides = [*tiny_overrides, *RESUMABLE[name]]
-    straight = optbench.train([*overrides, f"run.dir={tmp_path / 'straight'}"])
-
-    real_step = Trainer.train_step
-
-    def ctrl_c_at_step_20(self, step):
-        if step == 20:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_step_20)
-    stopped = optbench.train(overrides)
-    assert (stopped["status"], stopped["steps"]) == ("interrupted", 20)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-
-    resumed = optbench.train(overrides)
-    assert resumed["status"] == "completed" and resumed["final_val_loss"] == straight["final_val_loss"]
-    strip = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "tokens_per_s")}  # noqa: E731
-                       for r in read_metrics(d)]
-    assert strip(tmp_path / "run") == strip(tmp_path / "straight")
+    assert_interrupted_run_resumes_exactly(tmp_path, [*tiny_overrides, *RESUMABLE[name]], monkeypatch)

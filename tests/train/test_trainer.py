@@ -8,7 +8,7 @@ import pytest
 import optbench
 from optbench.train.rundir import read_metrics
 from optbench.train.checkpoint import LATEST
-from optbench.train.trainer import Trainer
+from tests.train.resume import assert_interrupted_run_resumes_exactly
 
 TRAIN_KEYS = {"step", "tokens", "time_s", "loss", "lr", "grad_norm", "grad_max", "grad_zero_frac",
               "param_norm", "update_rms", "tokens_per_s", "grad_spike"}
@@ -56,26 +56,7 @@ def test_same_seeds_give_identical_runs(tmp_path, tiny_overrides):
 
 @pytest.mark.parametrize("extra", [[], ["train.weight_avg=ema"]], ids=["plain", "with-ema"])
 def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_overrides, monkeypatch, extra):
-    tiny_overrides = [*tiny_overrides, *extra]
-    straight = optbench.train([*tiny_overrides, f"run.dir={tmp_path / 'straight'}"])
-
-    real_step = Trainer.train_step
-
-    def ctrl_c_at_step_20(self, step):
-        if step == 20:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_step_20)
-    stopped = optbench.train(tiny_overrides)
-    assert (stopped["status"], stopped["steps"]) == ("interrupted", 20)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-
-    resumed = optbench.train(tiny_overrides)
-    assert resumed["status"] == "completed" and resumed["final_val_loss"] == straight["final_val_loss"]
-    strip = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "tokens_per_s")}  # noqa: E731
-                       for r in read_metrics(d)]
-    assert strip(tmp_path / "run") == strip(tmp_path / "straight")
+    assert_interrupted_run_resumes_exactly(tmp_path, [*tiny_overrides, *extra], monkeypatch)
 
 
 def test_bad_prompt_fails_before_the_run_directory_exists(tmp_path, tiny_overrides):

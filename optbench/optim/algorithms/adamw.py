@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -27,8 +27,7 @@ class AdamWConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
 
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, decay_, ema_, ema_sq_, pick,
                                                step_buckets, with_grads)
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
@@ -62,9 +62,7 @@ class AdEMAMixConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("beta1", "beta2", "beta3"):
-            value = getattr(self, key)
-            check(0.0 <= value < 1.0, f"optim.{key}={value} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2, beta3=self.beta3)
         check(self.alpha >= 0.0, f"optim.alpha={self.alpha} must be non-negative")
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
         for key in ("alpha_warmup", "beta3_warmup"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check_unit_interval
 from optbench.optim.functional.moments import with_grads
 from optbench.optim.functional.sign import lion_direction, lion_momentum_, sign_step_
 from optbench.optim.registry import OptimizerSpec, register
@@ -38,8 +38,7 @@ class LionConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
 
 
 class Lion(torch.optim.Optimizer):

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check, check_choice
+from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, decay_, ema_, ema_sq_, pick,
                                                with_grads)
 from optbench.optim.functional.newton_schulz import NS_DTYPES, newton_schulz, resolve_dtype
@@ -95,10 +95,8 @@ class MarsConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("beta1", "beta2", "beta1_1d", "beta2_1d"):
-            if hasattr(self, key):
-                value = getattr(self, key)
-                check(0.0 <= value < 1.0, f"optim.{key}={value} must be in [0, 1)")
+        check_unit_interval("optim", **{key: getattr(self, key) for key in ("beta1", "beta2", "beta1_1d", "beta2_1d")
+                                        if hasattr(self, key)})
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
         check(self.gamma >= 0.0, f"optim.gamma={self.gamma} must be non-negative")
         check(self.lr_1d >= 0.0, f"optim.lr_1d={self.lr_1d} must be non-negative")

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optbench.errors import check, check_choice
+from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.algorithms.adamw import AdamWConfig
 from optbench.optim.functional.newton_schulz import NS_DTYPES, orthogonalize
 from optbench.optim.hybrid import MatrixOptimConfig
@@ -102,7 +102,7 @@ class MuonConfig(MatrixOptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.momentum < 1.0, f"optim.momentum={self.momentum} must be in [0, 1)")
+        check_unit_interval("optim", momentum=self.momentum)
         check(self.ns_steps >= 1, f"optim.ns_steps={self.ns_steps} must be >= 1")
         check_choice("optim.ns_dtype", self.ns_dtype, NS_DTYPES)
 

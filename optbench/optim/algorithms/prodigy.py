@@ -30,7 +30,7 @@ import prodigyopt
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -68,8 +68,7 @@ class ProdigyConfig(OptimConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.lr > 0.0, f"optim.lr={self.lr} must be positive")
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
         check(self.beta3 is None or 0.0 <= self.beta3 < 1.0, f"optim.beta3={self.beta3} must be in [0, 1) or null")
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
         check(self.d0 > 0.0, f"optim.d0={self.d0} must be positive")

@@ -32,7 +32,7 @@ import schedulefree
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -67,7 +67,7 @@ class ScheduleFreeAdamWConfig(OptimConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(0.0 < self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in (0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta2=self.beta2)
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
         _check_schedule_free(self)
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check, check_choice
+from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional.newton_schulz import NS_DTYPES, orthogonalize
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
@@ -128,7 +128,7 @@ class ScionConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.momentum < 1.0, f"optim.momentum={self.momentum} must be in [0, 1)")
+        check_unit_interval("optim", momentum=self.momentum)
         check_choice("optim.embedding_norm", self.embedding_norm, EMBEDDING_NORMS)
         for key in ("embedding_scale", "matrix_scale", "head_scale", "vector_scale"):
             check(getattr(self, key) > 0.0, f"optim.{key}={getattr(self, key)} must be positive")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -26,7 +26,7 @@ class SGDConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.momentum < 1.0, f"optim.momentum={self.momentum} must be in [0, 1)")
+        check_unit_interval("optim", momentum=self.momentum)
         check(not self.nesterov or (self.momentum > 0 and self.dampening == 0),
               "optim.nesterov=true needs optim.momentum > 0 and optim.dampening=0")
 

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check, check_choice
+from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional.preconditioners import (contract, inverse_root, merge_small_dims, split_blocks,
                                                        update_factors_)
 from optbench.optim.registry import OptimizerSpec, register
@@ -98,9 +98,9 @@ class ShampooConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1)
         check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1) (statistics=sum for sums)")
-        check(0.0 <= self.grafting_beta2 < 1.0, f"optim.grafting_beta2={self.grafting_beta2} must be in [0, 1)")
+        check_unit_interval("optim", grafting_beta2=self.grafting_beta2)
         check(self.epsilon > 0.0, f"optim.epsilon={self.epsilon} must be positive")
         check(self.grafting_eps > 0.0, f"optim.grafting_eps={self.grafting_eps} must be positive")
         check_choice("optim.statistics", self.statistics, STATISTICS)

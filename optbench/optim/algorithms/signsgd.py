@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check_unit_interval
 from optbench.optim.functional.moments import ema_, with_grads
 from optbench.optim.functional.sign import sign_step_, signs
 from optbench.optim.registry import OptimizerSpec, register
@@ -48,7 +48,7 @@ class SignumConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.momentum < 1.0, f"optim.momentum={self.momentum} must be in [0, 1)")
+        check_unit_interval("optim", momentum=self.momentum)
 
 
 class Signum(torch.optim.Optimizer):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.preconditioners import (contract, eigenbasis, merge_small_dims,
                                                        refresh_eigenbasis, update_factors_)
 from optbench.optim.registry import OptimizerSpec, register
@@ -74,8 +74,7 @@ class SOAPConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
         check(self.shampoo_beta < 1.0,
               f"optim.shampoo_beta={self.shampoo_beta} must be in [0, 1), or negative to use beta2")
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.config.schema import OptimConfig
-from optbench.errors import check
+from optbench.errors import check, check_unit_interval
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -64,8 +64,7 @@ class SophiaGConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0.0 <= self.beta1 < 1.0, f"optim.beta1={self.beta1} must be in [0, 1)")
-        check(0.0 <= self.beta2 < 1.0, f"optim.beta2={self.beta2} must be in [0, 1)")
+        check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
         check(self.rho > 0.0, f"optim.rho={self.rho} must be positive")
         check(self.bs is None or self.bs > 0, f"optim.bs={self.bs} must be positive")
         check(self.hessian_every > 0, f"optim.hessian_every={self.hessian_every} must be positive")
