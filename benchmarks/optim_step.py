@@ -139,8 +139,11 @@ def main() -> None:
     references = reference_factories()
     names = [n for n in args.only.split(",") if n] or optim.names()
 
-    rows = []
-    for name in names:
+    print(f"{args.preset}: {n_params / 1e6:.1f}M parameters on {device}, median of {args.steps} timed steps, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'optimizer':<14}{'impl':<11}{'ms/step':>10}{'x AdamW':>9}{'ours/ref':>10}{'state B/param':>15}", flush=True)
+    adamw = None
+    for name in ["adamw", *[n for n in names if n != "adamw"]]:  # AdamW first: the baseline of every ratio
         with torch.no_grad():
             for p, saved in zip(model.parameters(), snapshot):
                 p.copy_(saved)
@@ -148,19 +151,13 @@ def main() -> None:
         if name in references:
             optimizers["reference"] = references[name](*split_matrices(model))
         seconds = time_interleaved(list(optimizers.values()), args.steps, device)
+        adamw = adamw or seconds[0]
         for (kind, optimizer), sec in zip(optimizers.items(), seconds):
-            rows.append((name, kind, sec, state_bytes(optimizer) / n_params))
+            vs_ref = f"{seconds[0] / sec:>10.2f}" if kind == "reference" else f"{'':>10}"
+            print(f"{name:<14}{kind:<11}{1000 * sec:>10.1f}{sec / adamw:>9.2f}{vs_ref}"
+                  f"{state_bytes(optimizer) / n_params:>15.2f}", flush=True)
         del optimizers
         gc.collect()
-
-    adamw = next(s for n, k, s, _ in rows if n == "adamw" and k == "ours")
-    ours = {n: s for n, k, s, _ in rows if k == "ours"}
-    print(f"{args.preset}: {n_params / 1e6:.1f}M parameters on {device}, {args.steps} timed steps, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'optimizer':<14}{'impl':<11}{'ms/step':>10}{'x AdamW':>9}{'ours/ref':>10}{'state B/param':>15}")
-    for name, kind, seconds, bytes_per_param in rows:
-        vs_ref = f"{ours[name] / seconds:>10.2f}" if kind == "reference" else f"{'':>10}"
-        print(f"{name:<14}{kind:<11}{1000 * seconds:>10.1f}{seconds / adamw:>9.2f}{vs_ref}{bytes_per_param:>15.2f}")
 
 
 if __name__ == "__main__":
