@@ -29,6 +29,7 @@ from torch import Tensor
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, ema_, ema_sq_, pick, step_buckets,
                                                with_grads)
 from optbench.optim.registry import OptimizerSpec, register
@@ -93,10 +94,7 @@ class Lamb(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, states = with_grads(group, self.state, self._init)
             beta1, beta2 = group["beta1"], group["beta2"]

@@ -18,6 +18,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import with_grads
 from optbench.optim.functional.sign import lion_direction, lion_momentum_, sign_step_
 from optbench.optim.registry import OptimizerSpec, register
@@ -50,10 +51,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, states = with_grads(group, self.state,
                                                lambda p: {"exp_avg": torch.zeros_like(p)})

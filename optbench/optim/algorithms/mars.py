@@ -56,6 +56,7 @@ from torch import Tensor
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_choice, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, decay_, ema_, ema_sq_, pick,
                                                with_grads)
 from optbench.optim.functional.newton_schulz import NS_DTYPES, newton_schulz, resolve_dtype
@@ -194,10 +195,7 @@ class MARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params, grads, states = with_grads(group, self.state, lambda p: self._init_state(p, group))
             if not params:

@@ -45,6 +45,7 @@ import torch
 
 from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.algorithms.adamw import AdamWConfig
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.newton_schulz import NS_DTYPES, orthogonalize
 from optbench.optim.hybrid import MatrixOptimConfig
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
@@ -146,10 +147,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

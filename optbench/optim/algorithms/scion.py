@@ -51,6 +51,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_choice, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.newton_schulz import NS_DTYPES, orthogonalize
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
@@ -164,10 +165,7 @@ class Scion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

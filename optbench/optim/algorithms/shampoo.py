@@ -53,6 +53,7 @@ from torch import Tensor
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_choice, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, inverse_root, merge_small_dims, split_blocks,
                                                        update_factors_)
 from optbench.optim.registry import OptimizerSpec, register
@@ -182,10 +183,7 @@ class Shampoo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

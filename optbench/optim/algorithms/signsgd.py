@@ -20,6 +20,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import ema_, with_grads
 from optbench.optim.functional.sign import sign_step_, signs
 from optbench.optim.registry import OptimizerSpec, register
@@ -60,10 +61,7 @@ class Signum(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             momentum = group["momentum"]
             init = (lambda p: {"momentum_buffer": torch.zeros_like(p)}) if momentum > 0 else (lambda p: {})

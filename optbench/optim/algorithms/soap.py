@@ -38,6 +38,7 @@ from torch import Tensor
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, eigenbasis, merge_small_dims,
                                                        refresh_eigenbasis, update_factors_)
 from optbench.optim.registry import OptimizerSpec, register
@@ -136,10 +137,7 @@ class SOAP(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

@@ -36,6 +36,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
+from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -136,10 +137,7 @@ class SophiaG(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
