@@ -7,6 +7,7 @@ argparse only dispatches subcommands and their few flags.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -32,14 +33,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from optbench.train import train
+    from optbench.train import distributed, train
 
-    summary = train(cfg)
+    world = distributed.from_environment()
+    try:
+        summary = train(cfg)
+    finally:
+        distributed.shutdown(world)
     final = summary["final_val_loss"]
     loss = f"{final:.4f}" if final is not None else "n/a"
-    print(f"{summary['status']}: final val loss {loss} after {summary['steps']} steps "
-          f"({summary['wall_s']:.0f} s); run written to {summary['run_dir']}")
-    return 0
+    if world.is_main:
+        print(f"{summary['status']}: final val loss {loss} after {summary['steps']} steps "
+              f"({summary['wall_s']:.0f} s); run written to {summary['run_dir']}")
+    if summary["status"] == "interrupted":  # 128 + signal number, as a shell reports a process the signal stopped
+        return 128 + signal.Signals[summary["signal"]].value
+    return 0  # completed, or diverged: a sweep goes on and reads the status from summary.json
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

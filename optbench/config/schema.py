@@ -187,7 +187,11 @@ class RunConfig:
     resume: str = "auto"
     """auto: continue from the run directory's checkpoint if there is one | never | PATH to a checkpoint."""
     ckpt_every: int = 0
-    """Save a checkpoint every this many steps (always at the end); 0: only at the end."""
+    """Save a checkpoint every this many steps (always at the end, and on SIGTERM/SIGINT); 0: only then."""
+    keep_last: int = 2
+    """Checkpoints kept besides permanent ones: the newest few, so a damaged latest falls back to the one before."""
+    keep_every: int = 0
+    """Keep the checkpoint of every step divisible by this for good (for later analysis); 0: none."""
     log_every: int = 10
     progress: bool = True
     """Show a live progress bar (on a terminal)."""
@@ -202,6 +206,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         check(self.log_every > 0, f"run.log_every={self.log_every} must be positive")
         check(self.ckpt_every >= 0, f"run.ckpt_every={self.ckpt_every} must be >= 0")
+        check(self.keep_last >= 1, f"run.keep_last={self.keep_last} must be >= 1")
+        check(self.keep_every >= 0, f"run.keep_every={self.keep_every} must be >= 0")
         check_choice("run.wandb_mode", self.wandb_mode, ("online", "offline"))
 
 

@@ -87,3 +87,12 @@ def environment() -> dict[str, Any]:
         "host": platform.node(),
         "versions": versions,
     }
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint's step so no step appears twice."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_atomic(path, "".join(line + "\n" for line in kept).encode())

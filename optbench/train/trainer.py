@@ -9,8 +9,9 @@ the constructor, before a run directory exists, so a bad command leaves nothing 
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,12 @@ from optbench import models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.train import checkpoint, device as hw, diagnostics
+from optbench.train import checkpoint, device as hw, diagnostics, distributed, resume
 from optbench.train.averaging import WeightAverage
 from optbench.train.optimizer_hooks import OptimizerHooks
-from optbench.train.rundir import default_dir, environment, read_json, write_atomic, write_json
+from optbench.train.preemption import StopRequest
+from optbench.train.rng import rng_state, set_rng_state
+from optbench.train.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
 from optbench.train.schedules import lr_multiplier
 from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 
@@ -37,25 +40,36 @@ class Trainer:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         hw.setup_threads(cfg.train)
-        self.device = hw.resolve_device(cfg.train.device)
+        self.world = distributed.from_environment()
+        self.device = hw.resolve_device(distributed.init(self.world, cfg.train.device))
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
-        self.run_dir = Path(cfg.run.dir) if cfg.run.dir else default_dir(cfg.model.name, cfg.optim.name)
-        self.resume_from = self._find_resume_checkpoint()
+        run_dir = cfg.run.dir or str(default_dir(cfg.model.name, cfg.optim.name))
+        self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
+        self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
+        self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device)
         require_optional(cfg.run)
 
-        self.data = datalib.load(cfg.data, progress=self.console.is_terminal)
+        if not self.world.is_main:
+            distributed.barrier(self.world)  # rank 0 prepares the data first, the others then read it
+        self.data = datalib.load(cfg.data, progress=self.console.is_terminal and self.world.is_main)
+        if self.world.is_main:
+            distributed.barrier(self.world)
         self.tokenizer = self.data.tokenizer()
         self.prompt = self._encode_prompt(cfg.eval.prompt)
         self.batches = datalib.TokenBatches(
             self.data.tokens("train"), seq_len=cfg.train.seq_len, batch_size=cfg.train.batch_size,
-            grad_accum=cfg.train.grad_accum, data_seed=cfg.train.data_seed, sampling=cfg.data.sampling)
+            grad_accum=cfg.train.grad_accum, data_seed=cfg.train.data_seed, sampling=cfg.data.sampling,
+            rank=self.world.rank, world_size=self.world.size)
         self.val_batches = datalib.eval_batches(
             self.data.tokens("val"), cfg.train.seq_len, cfg.eval.batch_size or cfg.train.batch_size,
             cfg.eval.batches)
 
         torch.manual_seed(cfg.train.seed)
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.replica = (torch.nn.parallel.DistributedDataParallel(
+            self.model, broadcast_buffers=False) if self.world.distributed
+                        else self.model)
+        self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.optimizer = optim.build(cfg.optim, self.model)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
@@ -70,22 +84,6 @@ class Trainer:
         self.time_offset = 0.0
 
     # ----------------------------------------------------------------------------- setup helpers
-
-    def _find_resume_checkpoint(self) -> Path | None:
-        """The checkpoint to continue from, per run.resume; refuses to reuse a run directory blindly."""
-        resume = self.cfg.run.resume
-        if resume not in ("auto", "never"):
-            path = Path(resume)
-            if not path.is_file():
-                raise UserError(f"run.resume={resume}: no such checkpoint file; valid: auto, never, PATH")
-            return path
-        latest = self.run_dir / "checkpoints" / checkpoint.LATEST
-        if resume == "auto" and latest.is_file():
-            return latest
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise UserError(f"run.dir={self.run_dir} already holds a run without a checkpoint to resume; "
-                            "choose another run.dir")
-        return None
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         try:
@@ -104,17 +102,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_scale
         total_loss = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
+        micros = self.batches.micro_indices()
+        for i, micro in enumerate(micros):
             x, y = (t.to(self.device, non_blocking=True) for t in self.batches.batch(step, micro))
-            with hw.autocast(self.device, self.dtype):
-                logits = self.forward(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / cfg.grad_accum
-            self.scaler.scale(loss).backward()
+            # DDP averages gradients over ranks once, at the last micro-batch of the step.
+            last = i == len(micros) - 1
+            with contextlib.nullcontext() if last or not self.world.distributed else self.replica.no_sync():
+                with hw.autocast(self.device, self.dtype):
+                    logits = self.forward(x)
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
+                self.scaler.scale(loss).backward()
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
-        return total_loss.item(), grad_norm
+        loss_sum = distributed.sum_(self.world, [total_loss.item()], self.device)[0]
+        return loss_sum / self.world.size, grad_norm
 
     def _apply_update(self) -> None:
         self.scaler.step(self.optimizer)
@@ -130,7 +133,9 @@ class Trainer:
         forward = self.forward if model is self.model else model
         model.eval()
         loss_sum, correct, count = 0.0, 0, 0
-        for x, y in self.val_batches:
+        for i, (x, y) in enumerate(self.val_batches):
+            if i % self.world.size != self.world.rank:  # ranks share the windows, then sum
+                continue
             x, y = x.to(self.device), y.to(self.device)
             with hw.autocast(self.device, self.dtype):
                 logits = forward(x)
@@ -139,6 +144,7 @@ class Trainer:
             correct += (logits.argmax(-1) == y.view(-1)).sum().item()
             count += y.numel()
         model.train()
+        loss_sum, correct, count = distributed.sum_(self.world, [loss_sum, correct, count], self.device)
         val_loss = loss_sum / count
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)), "val_acc": correct / count}
 
@@ -171,14 +177,16 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run (or resume) to train.steps; write the run directory; return the summary."""
         cfg = self.cfg
+        distributed.barrier(self.world)  # every rank has checked the run directory before rank 0 writes
         if self.resume_from is not None:
-            self._restore(checkpoint.load(self.resume_from, map_location=self.device))
+            self._restore(self.resume_from[1])
+            self.resume_from = None  # the state is in the model and optimizer now; free the copy
             if self.step >= cfg.train.steps and (self.run_dir / "summary.json").exists():
                 return read_json(self.run_dir / "summary.json")
-        self._open_run_dir()
-        sinks = self._open_sinks()
-        summary = self._summary("running", {})
-        write_json(self.run_dir / "summary.json", summary)
+        if self.world.is_main:
+            self._open_run_dir()
+        sinks = self._open_sinks() if self.world.is_main else []
+        self._write_summary(self._summary("running", {}))
         hw.reset_peak_memory(self.device)
         best, final = math.inf, {}
         start = time.perf_counter() - self.time_offset
@@ -191,49 +199,54 @@ class Trainer:
                 sink.log(record)
 
         self.hooks.before_training(cfg.train.steps)
-        status = "running"
+        status, stop = "running", StopRequest()
         try:
-            if self.step == 0 and cfg.eval.every > 0:
-                emit({"kind": "eval", **self._eval_record()})
-            while self.step < cfg.train.steps:
-                loss, grad_norm = self.train_step(self.step)
-                spike = self.spikes(grad_norm)
-                is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
-                before = diagnostics.snapshot(self.params) if is_log else None
-                if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
-                    status = "diverged"
-                    emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                          "grad_norm": grad_norm})
-                    break
-                grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
-                self.hooks.before_step(loss)
-                self._apply_update()
-                self.step += 1
-                self._after_update()
-                interval_tokens += self.tokens_per_step
-                if is_log:
-                    now = time.perf_counter()
-                    record = {"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                              "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
-                              **diagnostics.update_stats(self.params, before),
-                              "tokens_per_s": interval_tokens / (now - interval_start)}
-                    record.update(self._mfu(record["tokens_per_s"]))
-                    emit(record)
-                    interval_start, interval_tokens = now, 0
-                if self._is_eval_step(self.step):
-                    eval_start = time.perf_counter()
-                    final = self._eval_record()
-                    interval_start += time.perf_counter() - eval_start  # tokens/s counts training only
-                    best = min(best, final["val_loss"])
-                    emit({"kind": "eval", **final})
-                if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.train.steps:
+            with stop:
+                if self.step == 0 and cfg.eval.every > 0:
+                    emit({"kind": "eval", **self._eval_record()})
+                while self.step < cfg.train.steps:
+                    loss, grad_norm = self.train_step(self.step)
+                    spike = self.spikes(grad_norm)
+                    is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
+                    before = diagnostics.snapshot(self.params) if is_log else None
+                    if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
+                        status = "diverged"
+                        emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                              "grad_norm": grad_norm})
+                        break
+                    grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
+                    self.hooks.before_step(loss)
+                    self._apply_update()
+                    self.step += 1
+                    self._after_update()
+                    interval_tokens += self.tokens_per_step
+                    if is_log:
+                        now = time.perf_counter()
+                        record = {"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                  "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
+                                  **diagnostics.update_stats(self.params, before),
+                                  "tokens_per_s": interval_tokens / (now - interval_start)}
+                        record.update(self._mfu(record["tokens_per_s"]))
+                        emit(record)
+                        interval_start, interval_tokens = now, 0
+                    if self._is_eval_step(self.step):
+                        eval_start = time.perf_counter()
+                        final = self._eval_record()
+                        interval_start += time.perf_counter() - eval_start  # tokens/s counts training only
+                        best = min(best, final["val_loss"])
+                        emit({"kind": "eval", **final})
+                    if (self.step < cfg.train.steps
+                            and distributed.any_(self.world, stop.requested is not None, self.device)):
+                        status = "interrupted"
+                        self._save(time.perf_counter() - start)
+                        break
+                    if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.train.steps:
+                        self._save(time.perf_counter() - start)
+                if status == "running":
+                    status = "completed"
                     self._save(time.perf_counter() - start)
-            if status == "running":
-                status = "completed"
-                self._save(time.perf_counter() - start)
         except KeyboardInterrupt:
-            status = "interrupted"
-            self._save(time.perf_counter() - start)
+            status = "interrupted"  # a second Ctrl-C: stop now, the last saved checkpoint stays the resume point
         except BaseException:
             status = "failed"
             raise
@@ -242,10 +255,16 @@ class Trainer:
             summary = self._summary(status, {"final_val_loss": final.get("val_loss"),
                                              "best_val_loss": best if math.isfinite(best) else None,
                                              "wall_s": wall})
-            write_json(self.run_dir / "summary.json", summary)
+            if status == "interrupted":
+                summary["signal"] = stop.requested or signal.SIGINT.name
+            self._write_summary(summary)
             for sink in sinks:
                 sink.close()
         return summary
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        if self.world.is_main:
+            write_json(self.run_dir / "summary.json", summary)
 
     def _after_update(self) -> None:
         """Work some optimizers or options need once the weights have moved."""
@@ -292,16 +311,7 @@ class Trainer:
         write_json(self.run_dir / "env.json", environment())
         write_json(self.run_dir / "routing.json", self.routing)
         self._print_routing()
-        self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so no step appears twice."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        write_atomic(path, "".join(line + "\n" for line in kept).encode())
+        truncate_metrics(self.run_dir, self.step)
 
     def _open_sinks(self) -> list[Sink]:
         cfg = self.cfg.run
@@ -325,21 +335,28 @@ class Trainer:
                                f"{tensors:>3} tensors {numel:>12,} parameters", highlight=False)
 
     def _save(self, elapsed: float) -> None:
-        """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling."""
+        """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling.
+
+        Every rank's RNG state is gathered (a rank's dropout or sampling stream is its own); rank 0 writes.
+        """
         extra: dict[str, Any] = {"time_s": elapsed}
         if self.hooks.caps.train_eval_modes:
             with self.hooks.eval_mode():
                 extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         if self.averager is not None:
             extra["averaged_model"] = self.averager.state_dict()
-        checkpoint.save(self.run_dir / "checkpoints" / checkpoint.LATEST, model=self.model,
-                        optimizer=self.optimizer, step=self.step, tokens=self.step * self.tokens_per_step,
-                        extra=extra)
+        rngs = distributed.gather_objects(self.world, rng_state())
+        if self.world.is_main:
+            self.store.save(self.step, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "tokens": self.step * self.tokens_per_step, "rng": rngs, "extra": extra})
+        distributed.barrier(self.world)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"])
+        rngs = state["rng"]
+        set_rng_state(rngs[min(self.world.rank, len(rngs) - 1)])
         if self.averager is not None:
             self.averager.load_state_dict(state["extra"]["averaged_model"])
         self.step = state["step"]

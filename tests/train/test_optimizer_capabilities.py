@@ -8,7 +8,7 @@ import torch
 import optbench
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 from optbench.optim.algorithms.sophia import SophiaG
-from optbench.train.checkpoint import LATEST
+from optbench.train.checkpoint import CheckpointStore
 from optbench.train.rundir import read_metrics
 from optbench.train.trainer import Trainer
 
@@ -54,7 +54,7 @@ def test_schedule_free_evaluates_at_the_average_and_returns_exactly(tmp_path, ti
     assert logged == [e["record"]["val_loss"] for e in evals]
 
     # the checkpoint: model and optimizer in train mode (y, z) and the evaluated weights x beside them
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / LATEST, weights_only=True)
+    ckpt = CheckpointStore(tmp_path / "run" / "checkpoints").latest()[1]
     assert all(group["train_mode"] for group in ckpt["optimizer"]["param_groups"])
     for group in ckpt["optimizer"]["param_groups"]:
         for index, name in zip(group["params"], group["names"]):

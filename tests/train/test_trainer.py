@@ -7,7 +7,7 @@ import pytest
 
 import optbench
 from optbench.train.rundir import read_metrics
-from optbench.train.checkpoint import LATEST
+from optbench.train.checkpoint import CheckpointStore
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 
 TRAIN_KEYS = {"step", "tokens", "time_s", "loss", "lr", "grad_norm", "grad_max", "grad_zero_frac",
@@ -25,7 +25,7 @@ def test_run_directory_contract(tmp_path, tiny_overrides):
     assert summary["status"] == "completed" and summary["steps"] == 30
     assert summary["tokens"] == 30 * 4 * 32
     assert (run / "config.yaml").read_text().startswith("model:")
-    assert (run / "checkpoints" / LATEST).is_file()
+    assert CheckpointStore(run / "checkpoints").steps() == [30]
     assert {"git_commit", "versions", "argv"} <= set(json.loads((run / "env.json").read_text()))
 
     lines = read_metrics(run)

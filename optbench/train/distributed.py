@@ -1,0 +1,94 @@
+"""Data parallelism under torchrun: process group, per-rank device, and the few collectives the trainer needs.
+
+    torchrun --nproc_per_node=N -m optbench train ...      (gloo on CPU, nccl on CUDA; multi-node alike)
+
+Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op, so the single
+process path is the same code. Gradient accumulation is split across ranks: rank r computes the
+global micro-batches m with m % world == r (see data/loader.py), so any world size sees the same
+global batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from optbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def from_environment() -> World:
+    """The world torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (one process without it)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(world: World, device_name: str) -> str:
+    """Join the process group (once) and return the device this rank should use."""
+    if not world.distributed:
+        return device_name
+    on_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if on_cuda:
+        torch.cuda.set_device(world.local_rank)
+        device_name = f"cuda:{world.local_rank}"
+    elif device_name not in ("auto", "cpu"):
+        raise UserError(f"train.device={device_name} is not supported under torchrun; valid: auto, cpu, cuda")
+    else:
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if on_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return device_name
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def sum_(world: World, values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over ranks (float64, so eval sums lose nothing)."""
+    if not world.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_(world: World, flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on one (all ranks must stop at the same step)."""
+    return sum_(world, [float(flag)], device)[0] > 0 if world.distributed else flag
+
+
+def gather_objects(world: World, obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (picklable values only; used for per-rank RNG states)."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

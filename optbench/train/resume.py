@@ -1,0 +1,73 @@
+"""Where a run continues from, and the refusal to continue a run under a different config.
+
+A run directory's config.yaml is the contract for its checkpoints: resuming it with anything but
+run-control keys changed (where it logs, how it checkpoints, threads, where data is cached) would
+mix two experiments in one curve, so that is refused with the differing keys named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from optbench.config.compose import to_yaml
+from optbench.config.schema import Config
+from optbench.errors import UserError
+from optbench.train import checkpoint
+
+RUN_CONTROL = ("run.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
+"""Keys that change how a run is executed or logged, not what it computes."""
+
+
+def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore,
+         map_location: torch.device) -> tuple[Path, dict[str, Any]] | None:
+    """The verified checkpoint to continue from per `run.resume` (auto | never | PATH), or None to start."""
+    resume = cfg.run.resume
+    if resume not in ("auto", "never"):
+        path = Path(resume)
+        if not path.is_file():
+            raise UserError(f"run.resume={resume}: no such checkpoint file; valid: auto, never, PATH")
+        try:
+            return path, checkpoint.load(path, map_location)
+        except checkpoint.CorruptCheckpoint as err:
+            raise UserError(f"run.resume={resume} is not a usable checkpoint: {err}") from None
+    found = store.latest(map_location) if resume == "auto" else None
+    if found is not None:
+        check_same_config(run_dir, cfg)
+        return found
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run.dir={run_dir} already holds a run without a usable checkpoint to resume; "
+                        "choose another run.dir")
+    return None
+
+
+def check_same_config(run_dir: Path, cfg: Config) -> None:
+    stored_file = run_dir / "config.yaml"
+    if not stored_file.is_file():
+        return
+    stored, now = _flat(OmegaConf.load(stored_file)), _flat(OmegaConf.create(to_yaml(cfg)))
+    changed = [key for key in sorted(stored.keys() | now.keys())
+               if not key.startswith(RUN_CONTROL) and stored.get(key) != now.get(key)]
+    if changed:
+        diffs = "; ".join(f"{k}: {stored.get(k)!r} in the run, {now.get(k)!r} now" for k in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise UserError(f"run.dir={run_dir} was trained with a different config ({diffs}{more}); "
+                        "resume with the run's own settings or choose another run.dir")
+
+
+def _flat(node) -> dict[str, Any]:
+    """dotted key -> value, interpolations left unresolved (both sides are compared as written)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = value
+
+    walk("", OmegaConf.to_container(node, resolve=False))
+    return out
