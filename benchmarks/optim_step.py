@@ -14,71 +14,23 @@ every 100 after step 100) are amortised away by the median: the table shows a ty
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from references import reference_factories
 
 from optbench import optim
 from optbench.config.compose import compose
 from optbench.models import build
+from optbench.optim.algorithms import mulo, velo
 from optbench.optim.registry import make_config
 from optbench.optim.routing import route
-
-Factory = Callable[[list[torch.Tensor], list[torch.Tensor]], torch.optim.Optimizer]
-"""(hidden matrices, all other parameters) -> a reference optimizer over both."""
-
-
-def reference_factories() -> dict[str, Factory]:
-    """Installed reference implementations with our defaults' hyperparameters, on (matrices, others)."""
-    import adopt
-    import lion_pytorch
-    import muon
-    import pytorch_optimizer as po
-    import sophia_opt
-
-    def cfg(name):
-        return make_config(name)
-
-    def sophia(params, c=cfg("sophiag")):
-        opt = sophia_opt.SophiaG(params, lr=c.lr, betas=(c.beta1, c.beta2), rho=c.rho, weight_decay=c.weight_decay)
-        opt.step = functools.partial(opt.step, bs=4096)  # the package takes B at every step
-        return opt
-
-    def muon_aux(matrices, others, c=cfg("muon")):
-        return muon.SingleDeviceMuonWithAuxAdam([
-            dict(params=matrices, use_muon=True, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
-            dict(params=others, use_muon=False, lr=c.backup.lr, betas=(c.backup.beta1, c.backup.beta2),
-                 eps=c.backup.eps, weight_decay=c.backup.weight_decay)])
-
-    def mars(kind, c):
-        return lambda m, o: po.MARS(m + o, lr=c.lr, betas=(c.beta1, getattr(c, "beta2", 0.99)), gamma=c.gamma,
-                                    weight_decay=c.weight_decay, mars_type=kind)
-
-    lion, adopt_c, lamb, ademamix, soap, signum = (cfg(n) for n in ("lion", "adopt", "lamb", "ademamix", "soap",
-                                                                    "signum"))
-    return {
-        "lion": lambda m, o: lion_pytorch.Lion(m + o, lr=lion.lr, betas=(lion.beta1, lion.beta2),
-                                               weight_decay=lion.weight_decay),
-        "muon": muon_aux,
-        "adopt": lambda m, o: adopt.ADOPT(m + o, lr=adopt_c.lr, betas=(adopt_c.beta1, adopt_c.beta2),
-                                          eps=adopt_c.eps, weight_decay=adopt_c.weight_decay, decouple=True),
-        "lamb": lambda m, o: po.Lamb(m + o, lr=lamb.lr, betas=(lamb.beta1, lamb.beta2), eps=lamb.eps,
-                                     weight_decay=lamb.weight_decay),
-        "ademamix": lambda m, o: po.AdEMAMix(m + o, lr=ademamix.lr, betas=(ademamix.beta1, ademamix.beta2,
-                                                                            ademamix.beta3), alpha=ademamix.alpha),
-        "soap": lambda m, o: po.SOAP(m + o, lr=soap.lr, betas=(soap.beta1, soap.beta2), eps=soap.eps,
-                                     weight_decay=soap.weight_decay,
-                                     precondition_frequency=soap.precondition_frequency),
-        "signum": lambda m, o: po.SignSGD(m + o, lr=signum.lr, momentum=signum.momentum),
-        "sophiag": lambda m, o: sophia(m + o),
-        "mars-adamw": mars("adamw", cfg("mars-adamw")),
-        "mars-lion": mars("lion", cfg("mars-lion")),
-    }
-
+from optbench.train.optimizer_hooks import OptimizerHooks
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's state (a hybrid's parts included)."""
@@ -101,21 +53,35 @@ def split_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[tor
     return ([p for p in params if roles[id(p)] == "matrix"], [p for p in params if roles[id(p)] != "matrix"])
 
 
-def time_interleaved(optimizers: list[torch.optim.Optimizer], steps: int, device: torch.device) -> list[float]:
+def stepper(optimizer: torch.optim.Optimizer, name: str | None) -> Callable[[], None]:
+    """One training step's optimizer calls: ours goes through the trainer's hooks (VeLO reads the loss and
+    the horizon), a reference just steps."""
+    if name is None:
+        return optimizer.step
+    hooks = OptimizerHooks(optimizer, optim.get(name).capabilities)
+    hooks.before_training(1000)
+
+    def step() -> None:
+        hooks.before_step(3.0)
+        optimizer.step()
+    return step
+
+
+def time_interleaved(steppers: list[Callable[[], None]], steps: int, device: torch.device) -> list[float]:
     """Median seconds per step of each optimizer, stepping them in turn so machine noise hits all alike.
 
     Each takes one untimed warm-up step first (it allocates state). They share the parameters, which
     only drift: the time of an update does not depend on the values.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for optimizer in optimizers:
-        optimizer.step()
+    for step in steppers:
+        step()
     sync()
-    times: list[list[float]] = [[] for _ in optimizers]
+    times: list[list[float]] = [[] for _ in steppers]
     for _ in range(steps):
-        for optimizer, samples in zip(optimizers, times):
+        for step, samples in zip(steppers, times):
             start = time.perf_counter()
-            optimizer.step()
+            step()
             sync()
             samples.append(time.perf_counter() - start)
     return [statistics.median(samples) for samples in times]
@@ -137,6 +103,10 @@ def main() -> None:
         p.grad = torch.randn_like(p) * 1e-3
     snapshot = [p.detach().clone() for p in model.parameters()]
     references = reference_factories()
+    # Learned optimizers step on random weights here: the time of an update does not depend on them.
+    weights_dir = Path(tempfile.mkdtemp(prefix="optbench-random-weights-"))
+    learned = {name: {"weights": str(module.write_random_weights(weights_dir / name))}
+               for name, module in (("velo", velo), ("mulo", mulo))}
     names = [n for n in args.only.split(",") if n] or optim.names()
 
     print(f"{args.preset}: {n_params / 1e6:.1f}M parameters on {device}, median of {args.steps} timed steps, "
@@ -147,10 +117,11 @@ def main() -> None:
         with torch.no_grad():
             for p, saved in zip(model.parameters(), snapshot):
                 p.copy_(saved)
-        optimizers = {"ours": optim.build(make_config(name), model)}
+        optimizers = {"ours": optim.build(make_config(name, **learned.get(name, {})), model)}
         if name in references:
             optimizers["reference"] = references[name](*split_matrices(model))
-        seconds = time_interleaved(list(optimizers.values()), args.steps, device)
+        steppers = [stepper(opt, name if kind == "ours" else None) for kind, opt in optimizers.items()]
+        seconds = time_interleaved(steppers, args.steps, device)
         adamw = adamw or seconds[0]
         for (kind, optimizer), sec in zip(optimizers.items(), seconds):
             vs_ref = f"{seconds[0] / sec:>10.2f}" if kind == "reference" else f"{'':>10}"

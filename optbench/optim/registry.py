@@ -122,9 +122,17 @@ def _backup_decay(r: Routed, cfg: OptimConfig) -> float:
     return cfg.backup.weight_decay if r.weight_decay > 0 else 0.0
 
 
+MODEL_SHAPED = ("n_head",)
+"""Hyperparameters that describe the model (Adam-mini's head count): left at None, they are read from the
+model's config, so `optim=adam-mini` works without repeating `model.n_head`."""
+
+
 def build(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Build the optimizer described by a config for a model's parameters, routed by role."""
-    return build_for(cfg, route(model, cfg))
+    model_cfg = getattr(model, "cfg", None)
+    shaped = {key: getattr(model_cfg, key) for key in MODEL_SHAPED
+              if getattr(cfg, key, 0) is None and getattr(model_cfg, key, None) is not None}
+    return build_for(dataclasses.replace(cfg, **shaped) if shaped else cfg, route(model, cfg))
 
 
 def create(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:

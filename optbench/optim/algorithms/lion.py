@@ -8,6 +8,12 @@ step by step:
 
 Weight decay is decoupled and scaled by lr, as in the paper (lion-pytorch's default,
 decoupled_weight_decay=False, which does not divide wd by the initial lr).
+
+`cautious=True` (and the registry name `c-lion`, the same config with cautious on by default) is C-Lion
+(Liang et al. 2024, "Cautious Optimizers", arXiv:2411.16085; kyleliang919/C-Optim c_lion.py): the sign step is
+kept only where it agrees in sign with the gradient, rescaled per tensor by numel / (nnz + 1)
+(functional/cautious.py), before it is applied; the momentum update is unchanged. Checked step by step
+against pytorch-optimizer==4.1.0 `Lion(cautious=True)`, which applies the same mask in the same place.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check_unit_interval
+from optbench.optim.functional.cautious import cautious_
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import with_grads
 from optbench.optim.functional.sign import lion_direction, lion_momentum_, sign_step_
@@ -36,18 +43,28 @@ class LionConfig(OptimConfig):
     """Interpolation between momentum and gradient for the update direction."""
     beta2: float = 0.99
     """Decay of the momentum itself."""
+    cautious: bool = False
+    """C-Lion: step only where sign(c) agrees with the gradient, rescaled per tensor by numel / (nnz + 1)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_unit_interval("optim", beta1=self.beta1, beta2=self.beta2)
 
 
+@dataclass
+class CLionConfig(LionConfig):
+    name: str = "c-lion"
+    cautious: bool = True
+    """C-Lion by default; the C-Optim paper keeps Lion's hyperparameters."""
+
+
 class Lion(torch.optim.Optimizer):
-    """Lion over param groups with keys lr, beta1, beta2, weight_decay; state: exp_avg per parameter."""
+    """Lion over param groups with keys lr, beta1, beta2, weight_decay, cautious; state: exp_avg per parameter."""
 
     def __init__(self, params, lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99,
-                 weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay))
+                 weight_decay: float = 0.0, cautious: bool = False):
+        super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                                      cautious=cautious))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -59,18 +76,31 @@ class Lion(torch.optim.Optimizer):
                 continue
             exp_avgs = [s["exp_avg"] for s in states]
             directions = lion_direction(exp_avgs, grads, group["beta1"])
+            if group.get("cautious", False):  # .get: groups saved before the option existed
+                cautious_(directions, grads)
             sign_step_(params, directions, group["lr"], group["weight_decay"])
             lion_momentum_(exp_avgs, grads, group["beta2"])
         return loss
 
 
 def build_lion(groups, cfg: LionConfig) -> torch.optim.Optimizer:
-    return Lion(groups, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay)
+    return Lion(groups, lr=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+                cautious=cfg.cautious)
+
+
+SEARCH_SPACE = {"lr": LogUniform(1e-5, 1e-3), "beta2": Choice((0.95, 0.98, 0.99)),
+                "weight_decay": Choice((0.0, 0.1, 0.3, 1.0))}
 
 
 register(OptimizerSpec(
     name="lion", config_cls=LionConfig, build=build_lion, source="optbench",
     reference="Chen et al. 2023 (arXiv:2302.06675); lion-pytorch==0.2.5 Lion (matches google/automl lion)",
-    search_space={"lr": LogUniform(1e-5, 1e-3), "beta2": Choice((0.95, 0.98, 0.99)),
-                  "weight_decay": Choice((0.0, 0.1, 0.3, 1.0))},
+    search_space=SEARCH_SPACE,
+))
+
+register(OptimizerSpec(
+    name="c-lion", config_cls=CLionConfig, build=build_lion, source="optbench",
+    reference="Liang et al. 2024 (arXiv:2411.16085), kyleliang919/C-Optim c_lion.py; "
+              "pytorch-optimizer==4.1.0 Lion(cautious=True)",
+    search_space=SEARCH_SPACE,
 ))

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -56,6 +58,7 @@ from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, inverse_root, merge_small_dims, split_blocks,
                                                        update_factors_)
+from optbench.optim.functional.sharding import run_sharded
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -184,10 +187,12 @@ class Shampoo(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
+        stepped = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        due = [(p, group) for p, group in stepped if self._accumulate(p, group)]
+        run_sharded([(functools.partial(self._inverse_roots, p, group),  # spread over data-parallel ranks
+                      [root for roots in self.state[p]["inv_roots"] for root in roots]) for p, group in due])
+        for p, group in stepped:
+            self._update(p, group)
         return loss
 
     def _shape(self, p: Tensor, group: dict) -> tuple[int, ...]:
@@ -210,27 +215,37 @@ class Shampoo(torch.optim.Optimizer):
             state["inv_roots"] = [[torch.eye(d, dtype=torch.float32, device=p.device) for d in b.shape]
                                   for b in blocks]
 
-    def _step_param(self, p: Tensor, group: dict) -> None:
+    def _accumulate(self, p: Tensor, group: dict) -> bool:
+        """Statistics from this gradient: Kronecker factors (matrices) and the graft's second moment.
+
+        True when the inverse roots are due (computed by `step`, sharded across ranks)."""
         state = self.state[p]
         if not state:
             self._init_state(p, group)
         state["step"] += 1
+        t, shape = state["step"], self._shape(p, group)
+        update_graft_(state.get("graft"), p.grad, group["grafting"], group["grafting_beta2"])
+        if p.dim() < 2:
+            return False
+        ema = group["statistics"] == "ema"
+        for factors, g in zip(state["factors"], split_blocks(p.grad.reshape(shape), group["max_preconditioner_dim"])):
+            update_factors_(factors, g, group["beta2"] if ema else None)
+        start, frequency = group["start_preconditioning_step"], group["precondition_frequency"]
+        return t == start or (t > start and t % frequency == 0)
+
+    def _inverse_roots(self, p: Tensor, group: dict) -> None:
+        state = self.state[p]
+        ema, t = group["statistics"] == "ema", state["step"]
+        factor_correction = 1.0 - group["beta2"] ** t if ema and group["bias_correction"] else 1.0
+        for factors, inv_roots in zip(state["factors"], state["inv_roots"]):
+            for factor, inv_root in zip(factors, inv_roots):
+                inv_root.copy_(inverse_root(factor / factor_correction, 2 * len(factors), group["epsilon"]))
+
+    def _update(self, p: Tensor, group: dict) -> None:
+        state = self.state[p]
         t, grad, grafting = state["step"], p.grad, group["grafting"]
         matrix = p.dim() >= 2
         shape, block = self._shape(p, group), group["max_preconditioner_dim"]
-        ema = group["statistics"] == "ema"
-
-        # Statistics: Kronecker factors (matrices only) and the graft's second moment, from this gradient.
-        if matrix:
-            for factors, g in zip(state["factors"], split_blocks(grad.reshape(shape), block)):
-                update_factors_(factors, g, group["beta2"] if ema else None)
-            start, frequency = group["start_preconditioning_step"], group["precondition_frequency"]
-            if t == start or (t > start and t % frequency == 0):
-                factor_correction = 1.0 - group["beta2"] ** t if ema and group["bias_correction"] else 1.0
-                for factors, inv_roots in zip(state["factors"], state["inv_roots"]):
-                    for factor, inv_root in zip(factors, inv_roots):
-                        inv_root.copy_(inverse_root(factor / factor_correction, 2 * len(factors), group["epsilon"]))
-        update_graft_(state.get("graft"), grad, grafting, group["grafting_beta2"])
 
         # Direction: the graft's alone (vectors; matrices before start), else Shampoo's at the graft's norm.
         lr, decay = group["lr"], 1.0 - group["lr"] * group["weight_decay"]

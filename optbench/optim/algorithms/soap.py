@@ -30,6 +30,7 @@ reference's; `data_format` (channels-last convolutions) is left out: optbench tr
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, eigenbasis, merge_small_dims,
                                                        refresh_eigenbasis, update_factors_)
+from optbench.optim.functional.sharding import Job, run_sharded
 from optbench.optim.registry import OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
@@ -138,13 +140,28 @@ class SOAP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = evaluate_closure(closure)
+        refreshes: list[Job] = []
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
+                if p.grad is not None and self._step_param(p, group):
+                    state = self.state[p]
+                    written = [q for q in state["Q"] if q is not None] + [state["exp_avg_sq"]]
+                    refreshes.append((functools.partial(self._refresh, state), written))
+        run_sharded(refreshes)  # the eigenbasis refreshes: spread over data-parallel ranks
         return loss
 
-    def _step_param(self, p: Tensor, group: dict) -> None:
+    @staticmethod
+    def _refresh(state: dict) -> None:
+        """New bases and the permuted second moment, written into the existing state tensors."""
+        bases = list(state["Q"])
+        exp_avg_sq = refresh_bases_(state["GG"], bases, state["exp_avg_sq"])
+        for old, new in zip(state["Q"], bases):
+            if old is not None:
+                old.copy_(new)
+        state["exp_avg_sq"].copy_(exp_avg_sq)
+
+    def _step_param(self, p: Tensor, group: dict) -> bool:
+        """One update of `p`; True when its eigenbases are due for a refresh (done by `step`, sharded)."""
         shape = merge_small_dims(p.shape, group["max_precond_dim"]) if group["merge_dims"] else tuple(p.shape)
         grad = p.grad.reshape(shape)
         state = self.state[p]
@@ -159,7 +176,7 @@ class SOAP(torch.optim.Optimizer):
                            for d, use in zip(shape, which)]
             update_factors_(state["GG"], grad, shampoo_beta)
             state["Q"] = [eigenbasis(f) if f is not None else None for f in state["GG"]]
-            return
+            return False
 
         state["step"] += 1
         update = adam_in_eigenbasis(grad, state["exp_avg"], state["exp_avg_sq"], state["Q"], beta1, beta2,
@@ -173,8 +190,7 @@ class SOAP(torch.optim.Optimizer):
 
         # After the step, so that the projection never uses the current gradient (the reference's order).
         update_factors_(state["GG"], grad, shampoo_beta)
-        if state["step"] % group["precondition_frequency"] == 0:
-            state["exp_avg_sq"] = refresh_bases_(state["GG"], state["Q"], state["exp_avg_sq"])
+        return state["step"] % group["precondition_frequency"] == 0
 
 
 def build_soap(groups, cfg: SOAPConfig) -> torch.optim.Optimizer:

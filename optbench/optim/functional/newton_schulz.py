@@ -22,6 +22,8 @@ from collections import defaultdict
 
 import torch
 
+from optbench.optim.functional.sharding import broadcast_from_owners, world
+
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """(a, b, c) of the quintic X <- a X + b (X X^T) X + c (X X^T)^2 X (Jordan et al. 2024)."""
 EPS = 1e-7
@@ -64,14 +66,28 @@ def orthogonalize(tensors: list[torch.Tensor], steps: int = 5, ns_dtype: str = "
     """`newton_schulz` of each tensor, same-shaped ones stacked into one batched call.
 
     Each result has its input's shape and dtype.
+    Under DDP each rank orthogonalises every world-th tensor of each shape and receives the rest from
+    their owners (see sharding.py): the same result as one process, 1/world of the work.
     """
+    size, rank = world()
     by_kind: dict[tuple, list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
         by_kind[(t.shape, t.device, t.dtype)].append(i)
     out: list[torch.Tensor | None] = [None] * len(tensors)
+    owners = [0] * len(tensors)
     for (shape, device, dtype), indices in by_kind.items():
-        stacked = torch.stack([tensors[i] for i in indices]) if len(indices) > 1 else tensors[indices[0]]
-        result = newton_schulz(stacked, steps, resolve_dtype(ns_dtype, device)).to(dtype)
         for k, i in enumerate(indices):
-            out[i] = result[k] if len(indices) > 1 else result
+            owners[i] = k % size
+        mine = indices[rank::size]
+        if mine:
+            stacked = torch.stack([tensors[i] for i in mine]) if len(mine) > 1 else tensors[mine[0]]
+            result = newton_schulz(stacked, steps, resolve_dtype(ns_dtype, device)).to(dtype)
+            for k, i in enumerate(mine):
+                out[i] = result[k] if len(mine) > 1 else result
+        for i in indices:
+            if out[i] is None:
+                out[i] = torch.empty(shape, dtype=dtype, device=device)
+    if size > 1:
+        out = [t.contiguous() for t in out]
+        broadcast_from_owners(out, owners)
     return out
