@@ -11,12 +11,14 @@ global batch.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from optbench.errors import UserError
 
@@ -59,6 +61,20 @@ def init(world: World, device_name: str) -> str:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if on_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     return device_name
+
+
+def replicate(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """The model under DDP (itself in one process).
+
+    Its buffers (RoPE tables) are deterministic, so they are not re-synced at every forward: ranks then
+    run different numbers of evaluation forwards (they share the windows) without a collective to match.
+    """
+    if not world.distributed:
+        return model
+    no_forward_sync = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})  # the name before torch 2.14
+    return DistributedDataParallel(model, **no_forward_sync)
 
 
 def barrier(world: World) -> None:

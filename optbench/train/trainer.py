@@ -66,9 +66,7 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
-        self.replica = (torch.nn.parallel.DistributedDataParallel(
-            self.model, broadcast_buffers=False) if self.world.distributed
-                        else self.model)
+        self.replica = distributed.replicate(self.model, self.world)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.optimizer = optim.build(cfg.optim, self.model)
         for group in self.optimizer.param_groups:
