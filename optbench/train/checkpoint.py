@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -46,7 +47,10 @@ def decode(data: bytes, map_location: str | torch.device = "cpu") -> dict[str, A
         raise CorruptCheckpoint("missing optbench checkpoint header")
     if hashlib.sha256(body).hexdigest().encode() != header[len(MAGIC):]:
         raise CorruptCheckpoint("checksum mismatch (truncated or altered)")
-    return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    try:
+        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CorruptCheckpoint("holds objects other than tensors and plain values (refused unread)") from None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

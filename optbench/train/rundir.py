@@ -94,5 +94,13 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines() if (s := _step(line)) is not None and s <= step]
     write_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _step(line: str) -> int | None:
+    """A metrics line's step; None for a line torn by a kill in mid-write (only the last one can be)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from optbench.config.schema import OptimConfig
@@ -79,10 +78,15 @@ def layer_view(x: Tensor) -> Tensor:
 VIEWS = (channel_view, layer_view)
 
 
-def looks_scale_invariant(grad: Tensor, param: Tensor, view, delta: float, eps: float) -> Tensor:
-    """max over rows of |cos(g, p)| < delta / sqrt(row length), as a 0-dim bool tensor (no host sync)."""
-    cosine = F.cosine_similarity(view(grad), view(param), dim=1, eps=eps).abs_()
-    return cosine.max() < delta / math.sqrt(view(param).size(1))
+def scale_invariance_tests(grad: Tensor, param: Tensor, delta: float, eps: float) -> Tensor:
+    """[channel test, layer test]: max over rows of |cos(g, p)| < delta / sqrt(row length), per view, as a bool
+    tensor (no host sync). Both views come from one pass of per-row sums (the layer's are their totals), with
+    torch's cosine, x.y / (max(|x|, eps) max(|y|, eps)); the reference runs cosine_similarity once per view."""
+    g, p = channel_view(grad), channel_view(param)
+    dots, g_sq, p_sq = (g * p).sum(dim=1), g.square().sum(dim=1), p.square().sum(dim=1)
+    channel = dots / (g_sq.sqrt().clamp_min(eps) * p_sq.sqrt().clamp_min(eps))
+    layer = dots.sum() / (g_sq.sum().sqrt().clamp_min(eps) * p_sq.sum().sqrt().clamp_min(eps))
+    return torch.stack([channel.abs().max() < delta / math.sqrt(g.size(1)), layer.abs() < delta / math.sqrt(g.numel())])
 
 
 def project_(update: Tensor, param: Tensor, view, eps: float) -> None:
@@ -99,8 +103,7 @@ def projected_directions_(params: list[Tensor], grads: list[Tensor], updates: li
     matrices = [i for i, p in enumerate(params) if p.dim() > 1]
     if not matrices:
         return [False] * len(params)
-    tests = torch.stack([looks_scale_invariant(grads[i], params[i], view, delta, eps)
-                         for i in matrices for view in VIEWS]).tolist()
+    tests = torch.cat([scale_invariance_tests(grads[i], params[i], delta, eps) for i in matrices]).tolist()
     projected = [False] * len(params)
     for k, i in enumerate(matrices):
         fired = next((view for view, hit in zip(VIEWS, tests[2 * k:2 * k + 2]) if hit), None)

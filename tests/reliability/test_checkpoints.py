@@ -1,0 +1,93 @@
+"""Checkpoint files verify themselves; a damaged latest one falls back to the previous good one; a run
+directory is only resumed under its own config; loading never runs pickled code."""
+
+import pytest
+import torch
+
+import optbench
+from optbench.errors import UserError
+from optbench.train import checkpoint
+from optbench.train.checkpoint import CheckpointStore, CorruptCheckpoint
+from tests.train.resume import assert_interrupted_run_resumes_exactly, strip_timing
+
+
+def payload(step: int) -> dict:
+    return {"step": step, "weights": torch.arange(1000, dtype=torch.float32) * step}
+
+
+def test_a_checkpoint_round_trips_and_detects_damage(tmp_path):
+    store = CheckpointStore(tmp_path)
+    path = store.save(7, payload(7))
+    assert torch.equal(checkpoint.load(path)["weights"], payload(7)["weights"])
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    for damaged, why in ((data[: len(data) // 2], "checksum"), (bytes(flipped), "checksum"),
+                         (data.partition(b"\n")[2], "header")):
+        path.write_bytes(damaged)
+        with pytest.raises(CorruptCheckpoint, match=why):
+            checkpoint.load(path)
+
+
+def test_retention_keeps_the_last_k_and_every_nth(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=2, keep_every=10)
+    for step in range(5, 35, 5):
+        store.save(step, payload(step))
+    assert store.steps() == [10, 20, 25, 30]
+    (tmp_path / ".step-00000035.pt.abc.tmp").write_bytes(b"a write killed half-way")
+    assert store.steps() == [10, 20, 25, 30]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(10, payload(10))
+    latest = store.save(20, payload(20))
+    data = latest.read_bytes()
+    latest.write_bytes(data[:-100] if damage == "truncated" else data[:-50] + bytes([data[-50] ^ 1]) + data[-49:])
+    with pytest.warns(UserWarning, match="step-00000020.pt is unusable"):
+        path, state = store.latest()
+    assert path == store.path(10) and state["step"] == 10
+
+
+def test_a_pickled_object_is_never_loaded(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(10, payload(10))
+    store.save(20, {"step": 20, "evil": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)})
+    with pytest.warns(UserWarning, match="step-00000020.pt is unusable"):
+        assert store.latest()[1]["step"] == 10
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_a_run_resumes_exactly_from_the_checkpoint_before_a_damaged_one(damage, tmp_path, tiny_overrides,
+                                                                         monkeypatch):
+    overrides = [*tiny_overrides, "run.ckpt_every=5"]
+    real_latest = CheckpointStore.latest
+
+    def damage_newest_then_read(self, map_location="cpu"):
+        if not self.steps():
+            return real_latest(self, map_location)
+        newest = self.path(self.steps()[-1])
+        data = newest.read_bytes()
+        newest.write_bytes(data[: len(data) // 3] if damage == "truncated" else data[:-9] + b"\x00" + data[-8:])
+        return real_latest(self, map_location)
+
+    # The run is stopped at step 21 (checkpoints 20 and 21 kept); on resume, 21 is damaged first.
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointStore, "latest", damage_newest_then_read)
+        with pytest.warns(UserWarning, match="step-00000021.pt is unusable"):
+            assert_interrupted_run_resumes_exactly(tmp_path, overrides, monkeypatch)
+
+
+def test_resuming_under_a_different_config_is_refused(tmp_path, tiny_overrides, monkeypatch):
+    overrides = [*tiny_overrides, "run.ckpt_every=5"]
+    assert_interrupted_run_resumes_exactly(tmp_path, overrides, monkeypatch)  # leaves tmp_path/run completed
+    run = tmp_path / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"different config \(optim.lr: 0.001 in the run, 0.002 now\)"):
+        optbench.train([*overrides, "optim.lr=2e-3"])
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, "a refused resume changed the run"
+    # Run-control keys may change: a completed run is simply reported again.
+    again = optbench.train([*overrides, "run.log_every=3", "train.threads=1"])
+    assert again["status"] == "completed"
+    assert strip_timing(run) == strip_timing(tmp_path / "straight")
