@@ -142,6 +142,10 @@ class Muon(torch.optim.Optimizer):
     def _direction(self, buffers: Tensors, grads: Tensors, group: dict) -> Tensors:
         return ema_momentum(buffers, grads, group["momentum"], group["nesterov"])
 
+    def _normalize(self, directions: Tensors, group: dict) -> Tensors:
+        """The update's shape before scaling: Newton–Schulz orthogonalisation (sharded across DDP ranks)."""
+        return orthogonalize(directions, group["ns_steps"], group["ns_dtype"])
+
     def _scale(self, shape: torch.Size, group: dict) -> float:
         return muon_scale(shape)
 
@@ -157,7 +161,7 @@ class Muon(torch.optim.Optimizer):
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
             buffers = [self.state[p]["momentum_buffer"] for p in params]
             directions = self._direction(buffers, [p.grad for p in params], group)
-            updates = orthogonalize(directions, group["ns_steps"], group["ns_dtype"])
+            updates = self._normalize(directions, group)
             torch._foreach_mul_(updates, [self._scale(p.shape, group) for p in params])
             apply_update(params, updates, group["lr"], group["weight_decay"])
         return loss

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from optbench.errors import check, check_unit_interval
-from optbench.optim.algorithms.muon import apply_update, ema_momentum, muon_scale
-from optbench.optim.functional.closure import evaluate_closure
+from optbench.optim.algorithms.muon import Muon
 from optbench.optim.hybrid import MatrixOptimConfig
 from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
@@ -65,33 +64,15 @@ class RMNPConfig(MatrixOptimConfig):
         check(self.eps > 0.0, f"optim.eps={self.eps} must be positive")
 
 
-class RMNP(torch.optim.Optimizer):
-    """Row-normalised momentum over hidden matrices (2-D, or batches of them in leading dimensions)."""
+class RMNP(Muon):
+    """Row-normalised momentum over hidden matrices: Muon's bookkeeping with rows normalised, not orthogonalised."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, eps: float = 1e-12):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                                      eps=eps))
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.dim() < 2:
-                    raise ValueError(f"RMNP takes matrices; got a parameter of shape {tuple(p.shape)}")
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, eps=eps)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = evaluate_closure(closure)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            buffers = [self.state[p]["momentum_buffer"] for p in params]
-            directions = ema_momentum(buffers, [p.grad for p in params], group["momentum"], group["nesterov"])
-            updates = [row_normalize(d, group["eps"]) * muon_scale(p.shape) for d, p in zip(directions, params)]
-            apply_update(params, updates, group["lr"], group["weight_decay"])
-        return loss
+    def _normalize(self, directions: Tensors, group: dict) -> Tensors:
+        return [row_normalize(d, group["eps"]) for d in directions]
 
 
 def build_rmnp(groups, cfg: RMNPConfig) -> torch.optim.Optimizer:
