@@ -38,7 +38,7 @@ def test_each_optimizer_brings_its_own_keys():
     (["train.stpes=3"], r"^unknown key 'train.stpes'; valid: train.steps"),
     (["trian.steps=3"], r"^unknown key 'trian'; valid: train"),
     (["model=lama"], r"^unknown model 'lama'; valid: llama"),
-    (["optim=adamm"], r"^unknown optim 'adamm'; valid: adamw"),
+    (["optim=adamm"], r"^unknown optim 'adamm'; valid: .*\badamw\b"),
     (["modle=gpt2"], r"^unknown key 'modle'; valid: model"),
     (["train.steps=abc"], r"^invalid value for train.steps: .*'abc'"),
     (["model.dropout=lots"], r"^invalid value for model.dropout"),
