@@ -19,6 +19,7 @@ DECAY_SHAPES = ("linear", "cosine", "sqrt")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLING = ("random", "shuffled")
 WEIGHT_AVG = ("none", "ema", "uniform")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -143,6 +144,9 @@ class TrainConfig:
     """ema: the average's decay per step."""
     weight_avg_start: int = 0
     """Start averaging after this many steps."""
+    parallel: str = "ddp"
+    """Under torchrun: ddp (a full replica per rank) | fsdp (FSDP2: parameters, gradients and optimizer state
+    sharded over ranks, for models that do not fit one device; elementwise optimizers only)."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "seq_len"):
@@ -150,6 +154,7 @@ class TrainConfig:
         check(self.grad_clip >= 0.0, f"train.grad_clip={self.grad_clip} must be >= 0")
         check_choice("train.dtype", self.dtype, DTYPES)
         check_choice("train.weight_avg", self.weight_avg, WEIGHT_AVG)
+        check_choice("train.parallel", self.parallel, PARALLEL)
         check(0.0 < self.weight_avg_decay < 1.0, f"train.weight_avg_decay={self.weight_avg_decay} must be in (0, 1)")
 
 

@@ -95,6 +95,9 @@ class GPT2(CausalLM):
         self.lm_head.weight = self.transformer.wte.weight
         init_weights(self, cfg.init_std, cfg.n_layer, residual=("c_proj.weight",))
 
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.h
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T); position t sees tokens 0..t only."""
         self._check_length(idx.size(1))

@@ -104,6 +104,10 @@ class CausalLM(nn.Module):
     cfg: ModelConfig
     seq_len: int
 
+    def blocks(self) -> nn.ModuleList:
+        """The repeated transformer blocks (FSDP shards each as a unit)."""
+        raise NotImplementedError
+
     def _tables(self) -> list[nn.Parameter]:
         """The lookup tables: token and learned-position embedding weights, each once."""
         tables = {id(m.weight): m.weight for m in self.modules() if isinstance(m, nn.Embedding)}

@@ -137,6 +137,9 @@ class Llama(CausalLM):
             self.output.weight = self.tok_embeddings.weight
         init_weights(self, cfg.init_std, cfg.n_layer, residual=("o_proj.weight", "down_proj.weight"))
 
+    def blocks(self) -> nn.ModuleList:
+        return self.layers
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T); position t sees tokens 0..t only."""
         self._check_length(idx.size(1))

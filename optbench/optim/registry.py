@@ -37,6 +37,9 @@ class Capabilities:
     """Gets `optimizer.set_horizon(total_steps)` before training (VeLO)."""
     observes_loss: bool = False
     """Gets `optimizer.observe_loss(loss)` before each step (learned optimizers use it as a feature)."""
+    fsdp: bool = False
+    """The update is elementwise and runs on FSDP2's parameter shards (DTensors) as it is, so
+    `train.parallel=fsdp` may use it; whole-matrix methods (Muon, SOAP, ...) would need the full tensor."""
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,18 @@ global batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from optbench.errors import UserError
@@ -63,18 +67,60 @@ def init(world: World, device_name: str) -> str:
     return device_name
 
 
-def replicate(model: torch.nn.Module, world: World) -> torch.nn.Module:
-    """The model under DDP (itself in one process).
+def replicate(model: torch.nn.Module, world: World, parallel: str = "ddp") -> torch.nn.Module:
+    """The model as ranks train it: itself in one process, a DDP replica, or FSDP2-sharded in place.
 
-    Its buffers (RoPE tables) are deterministic, so they are not re-synced at every forward: ranks then
-    run different numbers of evaluation forwards (they share the windows) without a collective to match.
+    DDP: buffers (RoPE tables) are deterministic, so they are not re-synced at every forward, and ranks may
+    run different numbers of evaluation forwards without a collective to match. FSDP2: each block is one
+    unit of all-gather, and the root holds the embeddings and head (tied in GPT-2).
     """
     if not world.distributed:
+        return model
+    if parallel == "fsdp":
+        for block in model.blocks():
+            fully_shard(block)
+        fully_shard(model)
         return model
     no_forward_sync = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})  # the name before torch 2.14
     return DistributedDataParallel(model, **no_forward_sync)
+
+
+@contextlib.contextmanager
+def gradient_sync(replica: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients over ranks only in the backward passes run with `enabled` (the last micro-batch)."""
+    if isinstance(replica, DistributedDataParallel) and not enabled:
+        with replica.no_sync():
+            yield
+    elif isinstance(replica, FSDPModule):
+        replica.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        yield
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts: as they are, or gathered whole from FSDP's shards (to CPU)."""
+    if not isinstance(model, FSDPModule):
+        return model.state_dict(), optimizer.state_dict()
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    """The inverse of `full_state`: every rank holds the whole dicts (read from the shared checkpoint)."""
+    if not isinstance(model, FSDPModule):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def as_float(value: torch.Tensor) -> float:
+    """A 0-d tensor's value, gathering it first if FSDP made it a DTensor (the clipped gradient norm)."""
+    return (value.full_tensor() if hasattr(value, "full_tensor") else value).item()
 
 
 def barrier(world: World) -> None:

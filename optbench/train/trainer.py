@@ -9,7 +9,6 @@ the constructor, before a run directory exists, so a bad command leaves nothing 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
@@ -66,7 +65,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
-        self.replica = distributed.replicate(self.model, self.world)
+        self._check_parallel()
+        self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.optimizer = optim.build(cfg.optim, self.model)
         for group in self.optimizer.param_groups:
@@ -82,6 +82,19 @@ class Trainer:
         self.time_offset = 0.0
 
     # ----------------------------------------------------------------------------- setup helpers
+
+    def _check_parallel(self) -> None:
+        """FSDP2 hands each rank shards of every tensor: only elementwise optimizers run on those as they are."""
+        cfg = self.cfg
+        if not (self.world.distributed and cfg.train.parallel == "fsdp"):
+            return
+        if not optim.get(cfg.optim.name).capabilities.fsdp:
+            able = ", ".join(n for n in optim.names() if optim.get(n).capabilities.fsdp)
+            raise UserError(f"optim={cfg.optim.name} needs whole tensors on one rank, which train.parallel=fsdp "
+                            f"does not give; valid with fsdp: {able} (or train.parallel=ddp)")
+        if cfg.train.weight_avg != "none":
+            raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
+                            "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         try:
@@ -103,9 +116,8 @@ class Trainer:
         micros = self.batches.micro_indices()
         for i, micro in enumerate(micros):
             x, y = (t.to(self.device, non_blocking=True) for t in self.batches.batch(step, micro))
-            # DDP averages gradients over ranks once, at the last micro-batch of the step.
-            last = i == len(micros) - 1
-            with contextlib.nullcontext() if last or not self.world.distributed else self.replica.no_sync():
+            # Gradients are averaged over ranks once, at the last micro-batch of the step.
+            with distributed.gradient_sync(self.replica, enabled=i == len(micros) - 1):
                 with hw.autocast(self.device, self.dtype):
                     logits = self.forward(x)
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
@@ -113,7 +125,7 @@ class Trainer:
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+        grad_norm = distributed.as_float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         loss_sum = distributed.sum_(self.world, [total_loss.item()], self.device)[0]
         return loss_sum / self.world.size, grad_norm
 
@@ -131,8 +143,11 @@ class Trainer:
         forward = self.forward if model is self.model else model
         model.eval()
         loss_sum, correct, count = 0.0, 0, 0
+        # DDP ranks share the windows out, then sum; FSDP ranks must run the same forwards (their all-gathers
+        # pair up), so each evaluates every window.
+        share = self.world.distributed and self.cfg.train.parallel == "ddp"
         for i, (x, y) in enumerate(self.val_batches):
-            if i % self.world.size != self.world.rank:  # ranks share the windows, then sum
+            if share and i % self.world.size != self.world.rank:
                 continue
             x, y = x.to(self.device), y.to(self.device)
             with hw.autocast(self.device, self.dtype):
@@ -142,7 +157,8 @@ class Trainer:
             correct += (logits.argmax(-1) == y.view(-1)).sum().item()
             count += y.numel()
         model.train()
-        loss_sum, correct, count = distributed.sum_(self.world, [loss_sum, correct, count], self.device)
+        if share:
+            loss_sum, correct, count = distributed.sum_(self.world, [loss_sum, correct, count], self.device)
         val_loss = loss_sum / count
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)), "val_acc": correct / count}
 
@@ -344,15 +360,15 @@ class Trainer:
         if self.averager is not None:
             extra["averaged_model"] = self.averager.state_dict()
         rngs = distributed.gather_objects(self.world, rng_state())
+        model_state, optimizer_state = distributed.full_state(self.model, self.optimizer)
         if self.world.is_main:
             self.store.save(self.step, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "model": model_state, "optimizer": optimizer_state, "step": self.step,
                 "tokens": self.step * self.tokens_per_step, "rng": rngs, "extra": extra})
         distributed.barrier(self.world)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         rngs = state["rng"]
         set_rng_state(rngs[min(self.world.rank, len(rngs) - 1)])
         if self.averager is not None:

@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo) computes what one process computes with the same global batch.
+"""torchrun with 2 CPU processes (gloo) computes what one process computes with the same global batch,
+under DDP and under FSDP2.
 
 `train.grad_accum` counts micro-batches per step over all ranks, so 2 ranks x 1 micro-batch and 1 process
 x 2 micro-batches see the same global batch. The sharded optimizers (Muon's Newton–Schulz, SOAP's
@@ -10,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import optbench
 from optbench.train.checkpoint import CheckpointStore
@@ -58,3 +60,39 @@ def test_ranks_write_one_run_directory_and_resume_together(tmp_path, tiny_overri
     assert len(saved["rng"]) == 2  # each rank's random streams
     lines = read_metrics(tmp_path / "ddp")
     assert len({(r["step"], "loss" in r) for r in lines}) == len(lines), "a rank other than 0 logged"
+
+
+@pytest.mark.parametrize("name", ["adamw", "nadam"])
+def test_fsdp_equals_one_process(name, tmp_path, tiny_overrides):
+    overrides = [*tiny_overrides, f"optim={name}", "train.steps=20", "train.grad_accum=2", "run.log_every=1"]
+    single = optbench.train([*overrides, f"run.dir={tmp_path / 'single'}"])
+    done = torchrun([*overrides, "train.parallel=fsdp", f"run.dir={tmp_path / 'fsdp'}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
+    assert [s for s, _ in one] == [s for s, _ in two]
+    for (step, a), (_, b) in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-5), f"{name}: step {step}: {a} vs {b}"
+    assert two[-1][1] == pytest.approx(single["final_val_loss"], rel=1e-5)
+
+
+def test_fsdp_checkpoints_gather_whole_state_and_resume_exactly(tmp_path, tiny_overrides):
+    overrides = [*tiny_overrides, "train.steps=20", "train.grad_accum=2", "run.log_every=1", "train.parallel=fsdp",
+                 "run.ckpt_every=10"]
+    first = torchrun([*overrides, f"run.dir={tmp_path / 'straight'}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = CheckpointStore(tmp_path / "straight" / "checkpoints")
+    assert store.steps() == [10, 20]
+    wpe = store.latest()[1]["model"]["transformer.wpe.weight"]
+    assert type(wpe) is torch.Tensor and wpe.shape == (32, 32)  # whole (seq_len x n_embd), not a rank's shard
+    resumed = torchrun([*overrides, f"run.dir={tmp_path / 'resumed'}", f"run.resume={store.path(10)}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = lambda d: [x for x in losses(d) if x[0] > 10]  # noqa: E731
+    assert after(tmp_path / "resumed") == after(tmp_path / "straight")
+
+
+def test_fsdp_refuses_optimizers_that_need_whole_matrices(tmp_path, tiny_overrides):
+    done = torchrun([*tiny_overrides, "optim=muon", "train.parallel=fsdp", "train.grad_accum=2"])
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("optbench: error:")]
+    assert len(errors) == 2 and all("optim=muon needs whole tensors on one rank" in e for e in errors)
+    assert not (tmp_path / "run").exists()

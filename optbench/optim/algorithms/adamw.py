@@ -17,7 +17,7 @@ import torch
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
 from optbench.optim.algorithms.cautious_adamw import CautiousAdamW
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -65,6 +65,7 @@ register(OptimizerSpec(
     reference=f"Loshchilov & Hutter 2019; torch.optim.AdamW (torch {torch.__version__.split('+')[0]}); "
               "cautious=True: optbench C-AdamW, as c-adamw",
     search_space=SEARCH_SPACE,
+    capabilities=Capabilities(fsdp=True),
 ))
 
 register(OptimizerSpec(

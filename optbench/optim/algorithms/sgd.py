@@ -11,7 +11,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -40,4 +40,5 @@ register(OptimizerSpec(
     name="sgd", config_cls=SGDConfig, build=build_sgd, source="torch.optim",
     reference=f"Sutskever et al. 2013 (Nesterov momentum); torch.optim.SGD (torch {torch.__version__.split('+')[0]})",
     search_space={"lr": LogUniform(1e-3, 1.0), "momentum": Choice((0.9, 0.95, 0.98))},
+    capabilities=Capabilities(fsdp=True),
 ))
