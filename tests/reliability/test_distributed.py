@@ -52,14 +52,19 @@ def test_two_ranks_equal_one_process(name, tmp_path, tiny_overrides):
 
 
 def test_ranks_write_one_run_directory_and_resume_together(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "train.grad_accum=2", "run.ckpt_every=10", f"run.dir={tmp_path / 'ddp'}"]
-    first = torchrun([*overrides, "train.steps=30", "run.keep_last=1"])
+    overrides = [*tiny_overrides, "optim=muon", "train.steps=20", "train.grad_accum=2", "run.ckpt_every=10",
+                 "run.log_every=1"]
+    first = torchrun([*overrides, f"run.dir={tmp_path / 'ddp'}"])
     assert first.returncode == 0, first.stderr[-3000:]
-    assert CheckpointStore(tmp_path / "ddp" / "checkpoints").steps() == [30]
-    saved = CheckpointStore(tmp_path / "ddp" / "checkpoints").latest()[1]
-    assert len(saved["rng"]) == 2  # each rank's random streams
+    store = CheckpointStore(tmp_path / "ddp" / "checkpoints")
+    assert store.steps() == [10, 20]
+    assert len(store.latest()[1]["rng"]) == 2  # each rank's random streams
     lines = read_metrics(tmp_path / "ddp")
     assert len({(r["step"], "loss" in r) for r in lines}) == len(lines), "a rank other than 0 logged"
+    resumed = torchrun([*overrides, f"run.dir={tmp_path / 'resumed'}", f"run.resume={store.path(10)}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = lambda d: [x for x in losses(d) if x[0] > 10]  # noqa: E731
+    assert after(tmp_path / "resumed") == after(tmp_path / "ddp")
 
 
 @pytest.mark.parametrize("name", ["adamw", "nadam"])
