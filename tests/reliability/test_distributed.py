@@ -36,63 +36,58 @@ def losses(run_dir) -> list[tuple[int, float]]:
     return [(r["step"], r.get("loss", r.get("val_loss"))) for r in read_metrics(run_dir)]
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_two_ranks_equal_one_process(name, tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, f"optim={name}", *CASES[name], "train.steps=20", "train.grad_accum=2",
-                 "run.log_every=1", "eval.every=10"]
+def assert_ranks_match_one_process(tmp_path, overrides: list[str], label: str) -> None:
+    """Every logged loss of 2 ranks within rel 1e-5 of one process's, for the same global batch."""
     single = optbench.train([*overrides, f"run.dir={tmp_path / 'single'}"])
-    done = torchrun([*overrides, f"run.dir={tmp_path / 'ddp'}"])
+    done = torchrun([*overrides, f"run.dir={tmp_path / 'ranks'}"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert read_json(tmp_path / "ddp" / "summary.json")["status"] == "completed"
-    one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert read_json(tmp_path / "ranks" / "summary.json")["status"] == "completed"
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "ranks")
     assert [s for s, _ in one] == [s for s, _ in two] and len(one) >= 20
     for (step, a), (_, b) in zip(one, two):
-        assert b == pytest.approx(a, rel=1e-5, abs=1e-5), f"{name}: step {step}: {a} vs {b}"
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-5), f"{label}: step {step}: {a} vs {b}"
     assert two[-1][1] == pytest.approx(single["final_val_loss"], rel=1e-5)
 
 
-def test_ranks_write_one_run_directory_and_resume_together(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "optim=muon", "train.steps=20", "train.grad_accum=2", "run.ckpt_every=10",
-                 "run.log_every=1"]
-    first = torchrun([*overrides, f"run.dir={tmp_path / 'ddp'}"])
+def assert_ranks_resume_from_step_10(tmp_path, overrides: list[str]) -> CheckpointStore:
+    """2 ranks restarted from a run's step-10 checkpoint log what the run logged after step 10."""
+    first = torchrun([*overrides, "run.ckpt_every=10", f"run.dir={tmp_path / 'first'}"])
     assert first.returncode == 0, first.stderr[-3000:]
-    store = CheckpointStore(tmp_path / "ddp" / "checkpoints")
+    store = CheckpointStore(tmp_path / "first" / "checkpoints")
     assert store.steps() == [10, 20]
-    assert len(store.latest()[1]["rng"]) == 2  # each rank's random streams
-    lines = read_metrics(tmp_path / "ddp")
-    assert len({(r["step"], "loss" in r) for r in lines}) == len(lines), "a rank other than 0 logged"
-    resumed = torchrun([*overrides, f"run.dir={tmp_path / 'resumed'}", f"run.resume={store.path(10)}"])
+    resumed = torchrun([*overrides, "run.ckpt_every=10", f"run.dir={tmp_path / 'resumed'}",
+                        f"run.resume={store.path(10)}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = lambda d: [x for x in losses(d) if x[0] > 10]  # noqa: E731
-    assert after(tmp_path / "resumed") == after(tmp_path / "ddp")
+    assert after(tmp_path / "resumed") == after(tmp_path / "first")
+    return store
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_two_ranks_equal_one_process(name, tmp_path, tiny_overrides):
+    assert_ranks_match_one_process(tmp_path, [*tiny_overrides, f"optim={name}", *CASES[name], "train.steps=20",
+                                              "train.grad_accum=2", "run.log_every=1", "eval.every=10"], name)
+
+
+def test_ranks_write_one_run_directory_and_resume_together(tmp_path, tiny_overrides):
+    store = assert_ranks_resume_from_step_10(tmp_path, [*tiny_overrides, "optim=muon", "train.steps=20",
+                                                        "train.grad_accum=2", "run.log_every=1"])
+    assert len(store.latest()[1]["rng"]) == 2  # each rank's random streams
+    lines = read_metrics(tmp_path / "first")
+    assert len({(r["step"], "loss" in r) for r in lines}) == len(lines), "a rank other than 0 logged"
 
 
 @pytest.mark.parametrize("name", ["adamw", "nadam"])
 def test_fsdp_equals_one_process(name, tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, f"optim={name}", "train.steps=20", "train.grad_accum=2", "run.log_every=1"]
-    single = optbench.train([*overrides, f"run.dir={tmp_path / 'single'}"])
-    done = torchrun([*overrides, "train.parallel=fsdp", f"run.dir={tmp_path / 'fsdp'}"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
-    assert [s for s, _ in one] == [s for s, _ in two]
-    for (step, a), (_, b) in zip(one, two):
-        assert b == pytest.approx(a, rel=1e-5, abs=1e-5), f"{name}: step {step}: {a} vs {b}"
-    assert two[-1][1] == pytest.approx(single["final_val_loss"], rel=1e-5)
+    assert_ranks_match_one_process(tmp_path, [*tiny_overrides, f"optim={name}", "train.parallel=fsdp",
+                                              "train.steps=20", "train.grad_accum=2", "run.log_every=1"], name)
 
 
 def test_fsdp_checkpoints_gather_whole_state_and_resume_exactly(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "train.steps=20", "train.grad_accum=2", "run.log_every=1", "train.parallel=fsdp",
-                 "run.ckpt_every=10"]
-    first = torchrun([*overrides, f"run.dir={tmp_path / 'straight'}"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    store = CheckpointStore(tmp_path / "straight" / "checkpoints")
-    assert store.steps() == [10, 20]
+    store = assert_ranks_resume_from_step_10(tmp_path, [*tiny_overrides, "train.parallel=fsdp", "train.steps=20",
+                                                        "train.grad_accum=2", "run.log_every=1"])
     wpe = store.latest()[1]["model"]["transformer.wpe.weight"]
     assert type(wpe) is torch.Tensor and wpe.shape == (32, 32)  # whole (seq_len x n_embd), not a rank's shard
-    resumed = torchrun([*overrides, f"run.dir={tmp_path / 'resumed'}", f"run.resume={store.path(10)}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = lambda d: [x for x in losses(d) if x[0] > 10]  # noqa: E731
-    assert after(tmp_path / "resumed") == after(tmp_path / "straight")
 
 
 def test_fsdp_refuses_optimizers_that_need_whole_matrices(tmp_path, tiny_overrides):
