@@ -96,17 +96,14 @@ class CausalLM(nn.Module):
     """The interface every model family shares.
 
     A subclass sets `self.cfg` (a ModelConfig) and `self.seq_len` (the longest context it was built
-    for) and implements `forward(idx: LongTensor[B, T]) -> logits FloatTensor[B, T, V]`.
+    for) and implements `forward(idx: LongTensor[B, T]) -> logits FloatTensor[B, T, V]` and
+    `blocks() -> nn.ModuleList` (its repeated transformer blocks: FSDP shards each as a unit).
     Embedding tables are recognised as `nn.Embedding` modules and a tied head as an `nn.Linear`
     sharing such a table's weight, so the counting rules below hold for every family.
     """
 
     cfg: ModelConfig
     seq_len: int
-
-    def blocks(self) -> nn.ModuleList:
-        """The repeated transformer blocks (FSDP shards each as a unit)."""
-        raise NotImplementedError
 
     def _tables(self) -> list[nn.Parameter]:
         """The lookup tables: token and learned-position embedding weights, each once."""
