@@ -95,6 +95,24 @@ def through_disk(state: dict) -> dict:
     return torch.load(buffer, weights_only=True)
 
 
+def assert_resume_is_bit_identical(name: str, batches, split: int, **hparams) -> None:
+    """Train on batches[:split], save model and optimizer state through disk, finish; a fresh model (another
+    init) and optimizer loaded from the saves and finishing the same batches must end bit-identical."""
+    model = tiny_lm()
+    opt = optim.create(name, model, **hparams)
+    train(model, opt, batches[:split], name=name)
+    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
+    train(model, opt, batches[split:], name=name, first_step=split)
+
+    resumed = tiny_lm(seed=1)  # different init: everything must come from the saved state
+    resumed.load_state_dict(saved_model)
+    resumed_opt = optim.create(name, resumed, **hparams)
+    resumed_opt.load_state_dict(saved_opt)
+    train(resumed, resumed_opt, batches[split:], name=name, first_step=split)
+    for (key, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), f"{name}: {key} differs after resume"
+
+
 def compare_with_reference(ours: Callable[[nn.Module], torch.optim.Optimizer],
                            reference: Callable[[nn.Module], torch.optim.Optimizer],
                            model_fn: Callable[[], nn.Module] = tiny_lm, batches=None, loss_fn: LossFn = lm_loss,

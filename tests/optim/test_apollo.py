@@ -18,8 +18,8 @@ from optbench.optim.algorithms.apollo import limit_norm_growth_
 from optbench.optim.functional.low_rank import projection_seed, projection_side, random_projection
 from optbench.optim.registry import make_config
 from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import (compare_with_reference, lm_batches, matrix_model, regression_batches,
-                                 regression_loss, through_disk, tiny_lm, train)
+from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, matrix_model,
+                                 regression_batches, regression_loss)
 from tests.optim.test_galore import ReferenceGaLoreAdamW, bytes_per_param_124m
 
 
@@ -258,20 +258,7 @@ def test_random_projection_is_seeded_gaussian_with_variance_one_over_rank():
 
 @pytest.mark.parametrize("name", ["apollo", "apollo-mini"])
 def test_resume_across_a_refresh_is_bit_identical(name):
-    batches = lm_batches(14)
-    hp = dict(update_proj_gap=3)
-    model = tiny_lm()
-    opt = optim.create(name, model, **hp)
-    train(model, opt, batches[:7])
-    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
-    train(model, opt, batches[7:])
-    resumed = tiny_lm(seed=1)
-    resumed.load_state_dict(saved_model)
-    resumed_opt = optim.create(name, resumed, **hp)
-    resumed_opt.load_state_dict(saved_opt)
-    train(resumed, resumed_opt, batches[7:])
-    for (key, a), b in zip(model.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), key
+    assert_resume_is_bit_identical(name, lm_batches(14), 7, update_proj_gap=3)
 
 
 def test_defaults():

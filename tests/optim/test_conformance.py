@@ -10,7 +10,7 @@ import torch
 from optbench import optim
 from optbench.errors import UserError
 from optbench.optim.algorithms import mulo, velo
-from tests.optim.harness import lm_batches, through_disk, tiny_lm, train
+from tests.optim.harness import assert_resume_is_bit_identical, lm_batches, tiny_lm, train
 
 NAMES = optim.names()
 STEPS = 40
@@ -56,20 +56,7 @@ def test_loss_falls_on_a_tiny_language_model(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_from_a_saved_state_is_bit_identical(name, learned):
-    batches = lm_batches(20)
-    model = tiny_lm()
-    opt = optim.create(name, model, **learned.get(name, {}))
-    train(model, opt, batches[:10], name=name)
-    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
-    train(model, opt, batches[10:], name=name, first_step=10)
-
-    resumed = tiny_lm(seed=1)  # different init: everything must come from the saved state
-    resumed.load_state_dict(saved_model)
-    resumed_opt = optim.create(name, resumed, **learned.get(name, {}))
-    resumed_opt.load_state_dict(saved_opt)
-    train(resumed, resumed_opt, batches[10:], name=name, first_step=10)
-    for (key, a), (_, b) in zip(model.named_parameters(), resumed.named_parameters()):
-        assert torch.equal(a, b), f"{name}: {key} differs after resume"
+    assert_resume_is_bit_identical(name, lm_batches(20), 10, **learned.get(name, {}))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -18,7 +18,7 @@ from optbench.models import build
 from optbench.optim.functional.low_rank import project, project_back, projection_side, svd_projection
 from optbench.optim.registry import make_config
 from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches, through_disk, tiny_lm, train
+from tests.optim.harness import assert_resume_is_bit_identical, compare_with_reference, lm_batches, tiny_lm, train
 
 
 
@@ -131,20 +131,7 @@ def test_one_step_by_hand():
 
 
 def test_resume_across_a_refresh_is_bit_identical():
-    batches = lm_batches(14)
-    hp = dict(rank=4, update_proj_gap=3)
-    model = tiny_lm()
-    opt = optim.create("galore", model, **hp)
-    train(model, opt, batches[:7])
-    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
-    train(model, opt, batches[7:])
-    resumed = tiny_lm(seed=1)
-    resumed.load_state_dict(saved_model)
-    resumed_opt = optim.create("galore", resumed, **hp)
-    resumed_opt.load_state_dict(saved_opt)
-    train(resumed, resumed_opt, batches[7:])
-    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), name
+    assert_resume_is_bit_identical("galore", lm_batches(14), 7, rank=4, update_proj_gap=3)
 
 
 def state_bytes(state) -> int:

@@ -23,8 +23,8 @@ from torch import nn
 from optbench import optim
 from optbench.optim.functional.preconditioners import inverse_root, split_blocks
 from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import (compare_with_reference, lm_batches, lm_loss, matrix_model, regression_batches,
-                                 regression_loss, through_disk, tiny_lm, train)
+from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, lm_loss,
+                                 matrix_model, regression_batches, regression_loss, tiny_lm, train)
 
 
 @pytest.mark.parametrize("root", [2, 4])
@@ -180,20 +180,8 @@ def test_factors_are_bias_corrected_emas_and_roots_refresh_on_schedule():
 
 
 def test_resume_with_preconditioning_active_is_bit_identical():
-    batches = lm_batches(14)
-    hp = dict(precondition_frequency=3, max_preconditioner_dim=24, nesterov=True)
-    model = tiny_lm()
-    opt = optim.create("shampoo", model, **hp)
-    train(model, opt, batches[:7])
-    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
-    train(model, opt, batches[7:])
-    resumed = tiny_lm(seed=1)
-    resumed.load_state_dict(saved_model)
-    resumed_opt = optim.create("shampoo", resumed, **hp)
-    resumed_opt.load_state_dict(saved_opt)
-    train(resumed, resumed_opt, batches[7:])
-    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), name
+    assert_resume_is_bit_identical("shampoo", lm_batches(14), 7, precondition_frequency=3,
+                                   max_preconditioner_dim=24, nesterov=True)
 
 
 @pytest.mark.parametrize("hp", [dict(grafting="adagrad"), dict(grafting="rmsprop", statistics="sum"),

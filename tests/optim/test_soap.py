@@ -10,7 +10,8 @@ from torch import nn
 
 from optbench import optim
 from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches, lm_loss, through_disk, tiny_lm, train
+from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, lm_loss,
+                                 tiny_lm, train)
 
 # pytorch_optimizer names: max_precondition_dim, normalize_gradient, shampoo_beta=None for "use beta2".
 CASES = {
@@ -199,16 +200,4 @@ def test_beta2_and_shampoo_beta_are_used():
 
 
 def test_resume_across_a_refresh_is_bit_identical():
-    batches = lm_batches(16)
-    model = tiny_lm()
-    opt = optim.create("soap", model, precondition_frequency=3)
-    train(model, opt, batches[:7])
-    saved_model, saved_opt = through_disk(model.state_dict()), through_disk(opt.state_dict())
-    train(model, opt, batches[7:])
-    resumed = tiny_lm(seed=1)
-    resumed.load_state_dict(saved_model)
-    resumed_opt = optim.create("soap", resumed, precondition_frequency=3)
-    resumed_opt.load_state_dict(saved_opt)
-    train(resumed, resumed_opt, batches[7:])
-    for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), name
+    assert_resume_is_bit_identical("soap", lm_batches(16), 7, precondition_frequency=3)
