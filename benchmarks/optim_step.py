@@ -28,23 +28,10 @@ from optbench import optim
 from optbench.config.compose import compose
 from optbench.models import build
 from optbench.optim.algorithms import mulo, velo
+from optbench.optim.memory import state_bytes
 from optbench.optim.registry import make_config
 from optbench.optim.routing import route
 from optbench.train.optimizer_hooks import OptimizerHooks
-
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state (a hybrid's parts included)."""
-    def walk(obj) -> int:
-        if isinstance(obj, torch.Tensor):
-            return obj.numel() * obj.element_size()
-        if isinstance(obj, dict):
-            return sum(walk(v) for v in obj.values())
-        if isinstance(obj, (list, tuple)):
-            return sum(walk(v) for v in obj)
-        return 0
-    state = optimizer.state_dict()
-    return walk(state.get("state", {})) + walk(state.get("parts", {}))
-
 
 def split_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Hidden matrices (routing's `matrix` role) and everything else, for references that need the split."""

@@ -1,4 +1,4 @@
-"""`optbench train|sample|data|model|optim`: parse, call the library, map UserError to exit code 2.
+"""`optbench train|sample|data|model|optim|bench|report`: parse, call the library, map UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
 argparse only dispatches subcommands and their few flags.
@@ -119,6 +119,78 @@ def cmd_optim_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import optuna
+
+    from optbench.bench import launch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study load is noise at this scale
+    if args.worker is not None:  # one worker process started by a local bench (not for direct use)
+        try:
+            launch.run_worker(Path(args.out), args.storage, args.worker, args.threads)
+        except KeyboardInterrupt:  # stopped by a signal; its trial checkpointed and went back to the queue
+            return 128 + signal.SIGTERM.value
+        return 0
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers={args.workers} must be positive")
+    suite, out, url = launch.prepare(args.suite, args.out, args.storage)
+    print(f"bench {suite.name}: {len(suite.scenarios)} scenarios x {len(suite.optimizers)} optimizers, "
+          f"{suite.tuning.method} tuning, final seeds {list(suite.final.seeds)}; results in {out}", flush=True)
+    if args.slurm:
+        jobs = launch.submit_slurm(suite, out, url, args.workers)
+        print(f"submitted Slurm array {jobs[0].job_id.split('_')[0]} with {len(jobs)} workers; "
+              f"run `optbench report {out}` when they finish")
+        return 0
+    try:
+        launch.run_local(suite, out, url, args.workers)
+    except KeyboardInterrupt:
+        print(f"stopped; run the same command again to continue ({out})", file=sys.stderr)
+        return 128 + signal.SIGINT.value
+    _print_progress(launch.progress(suite, url))
+    from optbench.report import write_report
+
+    written = write_report(out)
+    print(f"report written to {written['html']} and {written['markdown']}")
+    return 0
+
+
+def _print_progress(rows: list[dict]) -> None:
+    import statistics
+
+    table = Table(title="bench results (final val loss over seeds)")
+    for column in ("scenario", "optimizer", "tuning trials", "final runs", "final val loss"):
+        table.add_column(column)
+    for row in rows:
+        losses = row["final_losses"]
+        loss = (f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}" if len(losses) > 1
+                else f"{losses[0]:.4f}" if losses else "-")
+        states = lambda counts: ", ".join(f"{n} {state}" for state, n in counts.items()) or "-"  # noqa: E731
+        table.add_row(row["scenario"], row["optimizer"], states(row["tune"]), states(row["final"]), loss)
+    Console().print(table)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optbench.bench import layout
+    from optbench.report import write_report
+
+    source = Path(args.source)
+    if not source.is_dir():
+        from optbench.bench.suite import resolve_path
+
+        resolve_path(args.source)  # a suite's name: its results are in bench/<name>
+        source = layout.default_out(args.source)
+        if not source.is_dir():
+            raise UserError(f"no results for suite '{args.source}' in {source}; run `optbench bench {args.source}` "
+                            "first or give the results folder")
+    written = write_report(source, Path(args.out) if args.out else None)
+    print(f"report written to {written['html']}, {written['markdown']} and {written['leaderboard_csv']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="optbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -152,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     optim = commands.add_parser("optim", help="optimizers").add_subparsers(
         dest="optim_command", required=True, parser_class=_Parser)
     optim.add_parser("list", help="optimizers, defaults and references").set_defaults(func=cmd_optim_list)
+
+    bench = commands.add_parser("bench", help="tune and compare optimizers over a suite's scenarios")
+    bench.add_argument("suite", help="a shipped suite (tiny, small, epfl-124m, s4s-stage1, pylo-gpt2, modded-soap) "
+                                     "or a suite .yaml file")
+    bench.add_argument("--out", help="results folder (default bench/<suite>); rerunning into it resumes")
+    bench.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db; postgresql://... "
+                                         "for workers on many machines)")
+    bench.add_argument("--workers", type=int, help="parallel workers (default: the suite's execution.workers)")
+    bench.add_argument("--slurm", action="store_true", help="submit the workers as a Slurm array via submitit")
+    bench.add_argument("--worker", help=argparse.SUPPRESS)
+    bench.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    bench.set_defaults(func=cmd_bench)
+
+    report = commands.add_parser("report", help="leaderboard, plots and tables of a bench's results")
+    report.add_argument("source", help="a suite name (reads bench/<suite>) or a bench results folder")
+    report.add_argument("--out", help="where to write (default SOURCE/report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -9,6 +9,7 @@ multi-line errors into one `UserError` line naming the bad key or value and the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from optbench.errors import UserError, closest
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+@functools.cache
 def _register_schemas() -> None:
-    """Make the dataclasses visible to Hydra: the base config and one option per family/optimizer."""
+    """Make the dataclasses visible to Hydra: the base config and one option per family/optimizer (once: the
+    ConfigStore is process-wide and the registries are filled at import)."""
     from optbench.models import config_classes as model_classes
     from optbench.optim import config_classes as optim_classes
 

@@ -7,6 +7,7 @@ import importlib
 import pkgutil
 
 from optbench.optim import algorithms
+from optbench.optim.memory import state_bytes
 from optbench.optim.registry import (OPTIMIZERS, Capabilities, OptimizerSpec, build, config_classes, create, get,
                                      make_config, names, register, routing_table)
 
@@ -14,4 +15,4 @@ for _module in pkgutil.iter_modules(algorithms.__path__):
     importlib.import_module(f"{algorithms.__name__}.{_module.name}")
 
 __all__ = ["OPTIMIZERS", "Capabilities", "OptimizerSpec", "build", "config_classes", "create", "get",
-           "make_config", "names", "register", "routing_table"]
+           "make_config", "names", "register", "routing_table", "state_bytes"]

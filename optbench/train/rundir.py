@@ -3,7 +3,7 @@
     config.yaml     the full resolved config
     env.json        how to reproduce: command line, git commit and dirty flag, library versions, host
     metrics.jsonl   one JSON object per line; every line has step, tokens, time_s
-    summary.json    status (completed | diverged | failed | interrupted | running) and final figures
+    summary.json    status (completed | diverged | failed | interrupted | pruned | running) and final figures
     checkpoints/    model + optimizer + progress, written atomically
 """
 
@@ -20,8 +20,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
-LIBRARIES = ("optbench", "torch", "numpy", "hydra-core", "omegaconf", "datasets", "tiktoken", "tokenizers")
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted", "pruned")
+LIBRARIES = ("optbench", "torch", "numpy", "hydra-core", "omegaconf", "datasets", "tiktoken", "tokenizers",
+             "schedulefree", "prodigyopt", "optuna")
 
 
 def default_dir(model: str, optim: str, root: str = "runs") -> Path:

@@ -3,6 +3,10 @@
     trainer = Trainer(cfg)      # data, model, optimizer; nothing written yet
     summary = trainer.train()   # run directory, steps, evaluations, checkpoints, summary.json
 
+Observers (`Trainer(cfg, observers=[...])`) see every record after the run directory's sinks; one
+may end the run early by raising `StopTraining` (a sweep's pruner does), and the run then ends with
+that status and no final checkpoint.
+
 Everything that can fail because of the user's input (config, data, prompt, run directory) fails in
 the constructor, before a run directory exists, so a bad command leaves nothing behind.
 """
@@ -34,9 +38,18 @@ from optbench.train.schedules import lr_multiplier
 from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 
 
+class StopTraining(Exception):
+    """Raised by an observer to end the run now with `status` (e.g. "pruned")."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
 class Trainer:
-    def __init__(self, cfg: Config, console: Console | None = None):
+    def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = ()):
         self.cfg = cfg
+        self.observers = tuple(observers)
         self.console = console or Console(stderr=True)
         hw.setup_threads(cfg.train)
         self.world = distributed.from_environment()
@@ -199,7 +212,7 @@ class Trainer:
                 return read_json(self.run_dir / "summary.json")
         if self.world.is_main:
             self._open_run_dir()
-        sinks = self._open_sinks() if self.world.is_main else []
+        sinks = [*self._open_sinks(), *self.observers] if self.world.is_main else []
         self._write_summary(self._summary("running", {}))
         hw.reset_peak_memory(self.device)
         best, final = math.inf, {}
@@ -259,6 +272,8 @@ class Trainer:
                 if status == "running":
                     status = "completed"
                     self._save(time.perf_counter() - start)
+        except StopTraining as early:
+            status = early.status
         except KeyboardInterrupt:
             status = "interrupted"  # a second Ctrl-C: stop now, the last saved checkpoint stays the resume point
         except BaseException:
@@ -312,6 +327,7 @@ class Trainer:
             "wall_s": round(wall, 3),
             "tokens_per_s": tokens / wall if wall > 0 else None,
             "peak_mem_bytes": hw.peak_memory_bytes(self.device),
+            "optim_state_bytes": optim.state_bytes(self.optimizer),
             "n_params": self.model.num_params(),
             "n_params_non_embedding": self.model.num_params(embeddings=False),
             "run_dir": str(self.run_dir),

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from optbench import optim
-from optbench.optim.algorithms.adam8bit import BlockwiseAdamW8bit, state_bytes
+from optbench.optim.algorithms.adam8bit import BlockwiseAdamW8bit
+from optbench.optim.memory import state_bytes
 from optbench.optim.functional.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from optbench.optim.registry import build_for, make_config
 from optbench.optim.routing import groups_by_role, route

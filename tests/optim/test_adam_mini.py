@@ -8,7 +8,7 @@ from torch import nn
 
 from optbench import optim
 from optbench.models import LlamaConfig, build
-from optbench.optim.algorithms.adam_mini import state_bytes
+from optbench.optim.memory import state_bytes
 from tests.optim.harness import SEQ, VOCAB, compare_with_reference, lm_batches, tiny_lm, train
 
 HP = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)

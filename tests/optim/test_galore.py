@@ -15,6 +15,7 @@ from torch import nn
 from optbench import optim
 from optbench.config.compose import compose
 from optbench.models import build
+from optbench.optim.memory import state_bytes
 from optbench.optim.functional.low_rank import project, project_back, projection_side, svd_projection
 from optbench.optim.registry import make_config
 from optbench.optim.routing import groups_by_role, route
@@ -134,17 +135,6 @@ def test_resume_across_a_refresh_is_bit_identical():
     assert_resume_is_bit_identical("galore", lm_batches(14), 7, rank=4, update_proj_gap=3)
 
 
-def state_bytes(state) -> int:
-    """Bytes of every tensor in an optimizer state (nested dicts and lists)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state)
-    return 0
-
-
 def bytes_per_param_124m(name: str) -> float:
     """Optimizer-state bytes per parameter of GPT-2 124M at `name`'s defaults. The parameter list comes from a
     meta-device model (no memory); each distinct hidden-matrix shape is stepped once for real (all 12 blocks
@@ -159,7 +149,7 @@ def bytes_per_param_124m(name: str) -> float:
         p.grad = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         opt = spec.build([{"params": [p], "role": role, "weight_decay": 0.0}], cfg)
         opt.step()
-        return state_bytes(opt.state_dict()["state"]) / p.numel()
+        return state_bytes(opt) / p.numel()
 
     per_matrix_shape, dense = {}, measured((256, 256), "embedding")
     total = n = 0

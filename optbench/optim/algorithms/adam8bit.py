@@ -142,12 +142,6 @@ class BlockwiseAdamW8bit(torch.optim.Optimizer):
         return loss
 
 
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in tensors of the optimizer's state (codes, scales, fp32 moments)."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if isinstance(v, Tensor))
-
-
 # ---- registration -----------------------------------------------------------------------------------------
 
 def _bnb_version() -> str | None:

@@ -243,12 +243,6 @@ def build_adam_mini(groups, cfg: AdamMiniConfig) -> torch.optim.Optimizer:
                     weight_decay=cfg.weight_decay)
 
 
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in tensors of the optimizer's state."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if isinstance(v, Tensor))
-
-
 register(OptimizerSpec(
     name="adam-mini", config_cls=AdamMiniConfig, build=build_adam_mini, source="optbench",
     reference="Zhang et al. 2024 (arXiv 2406.16793); adam-mini==1.1.1 (adam_mini.Adam_mini)",

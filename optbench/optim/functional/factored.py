@@ -12,7 +12,6 @@ optbench uses as is, has its own).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -1,0 +1,205 @@
+"""`optbench bench SUITE`: check the suite, prepare its data, then run workers until every study is done.
+
+Locally, N worker processes each pinned to a GPU (CUDA_VISIBLE_DEVICES) or a share of the CPU threads;
+a worker that dies is replaced, and its trial is requeued by the storage's heartbeat. On Slurm, an
+array of workers through submitit. Either way the workers pull from the same studies, so running the
+command again (after a crash, a kill, a timeout) picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from optbench.bench import layout
+from optbench.bench.plan import load_study
+from optbench.bench.storage import open_storage
+from optbench.bench.suite import Suite, load_suite, run_overrides, search_space, to_yaml
+from optbench.bench.worker import work
+from optbench.config.compose import compose
+from optbench.errors import UserError
+
+RESTARTS_PER_WORKER = 3
+"""Replacements for workers that die, per worker slot, before the bench gives up."""
+
+
+def prepare(suite_ref: str | Path, out: Path | None, storage: str | None) -> tuple[Suite, Path, str]:
+    """Validate everything a run will need before writing anything; then write OUT/suite.yaml and the data."""
+    suite = load_suite(suite_ref)
+    out = Path(out) if out is not None else layout.default_out(suite.name)
+    configs = check_runs(suite)
+    check_compatible(suite, out)
+    url = storage or layout.sqlite_url(out)
+    out.mkdir(parents=True, exist_ok=True)
+    open_storage(url, suite.execution)
+    layout.suite_file(out).write_text(to_yaml(suite))
+    prepare_data(configs)
+    return suite, out, url
+
+
+def check_runs(suite: Suite) -> list:
+    """Compose each scenario x optimizer at its first grid point, and check every grid value of every
+    optimizer against its config's own checks: a bad key or value fails here, in one line, before any
+    trial starts."""
+    from optbench import optim
+    from optbench.optim.search_space import grid_points
+
+    configs = []
+    for entry in suite.optimizers:
+        space = search_space(entry)
+        flat_fixed = {k: v for k, v in entry.fixed.items() if "." not in k}
+        for key, dim in space.items():
+            if "." not in key:  # a nested (backup.*) value is checked by the composition below
+                for value in grid_points(dim):
+                    optim.make_config(entry.name, **{**flat_fixed, key: value})
+        first = {key: grid_points(dim)[0] for key, dim in space.items()}
+        for scenario in suite.scenarios:
+            configs.append(compose(run_overrides(suite, scenario, entry, first, suite.tuning.seed)))
+    return configs
+
+
+def check_compatible(suite: Suite, out: Path) -> None:
+    """Results in OUT must come from the same protocol: only execution settings may change between
+    runs of the command, optimizers may be added and final seeds extended."""
+    path = layout.suite_file(out)
+    if not path.exists():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(path))
+    new = OmegaConf.to_container(OmegaConf.create(to_yaml(suite)))
+    for key in ("name", "baseline", "base", "scenarios", "tuning"):
+        if old.get(key) != new.get(key):
+            raise UserError(f"{out} holds results of suite '{old.get('name')}' with a different {key}; "
+                            "use another --out (or delete that folder) to run the changed suite")
+    old_optimizers = {o["name"]: o for o in old.get("optimizers", [])}
+    for entry in new["optimizers"]:
+        if entry["name"] in old_optimizers and old_optimizers[entry["name"]] != entry:
+            raise UserError(f"{out} tuned optimizer {entry['name']} with other settings; use another --out")
+    if not set(old["final"]["seeds"]) <= set(new["final"]["seeds"]):
+        raise UserError(f"final.seeds may only grow between runs into {out}; it had {old['final']['seeds']}")
+
+
+def prepare_data(configs: list) -> None:
+    """Tokenize each dataset once, here, rather than in every worker at the same moment."""
+    from optbench import data as datalib
+
+    seen = set()
+    for cfg in configs:
+        key = OmegaConf.to_yaml(OmegaConf.structured(cfg.data))
+        if key not in seen:
+            seen.add(key)
+            datalib.load(cfg.data, progress=sys.stderr.isatty())
+
+
+# ----------------------------------------------------------------------------- local
+
+
+def run_local(suite: Suite, out: Path, url: str, workers: int | None = None) -> None:
+    """N worker processes until the suite is done; dead workers are replaced, signals forwarded."""
+    n = workers or suite.execution.workers
+    threads = suite.execution.threads_per_worker or max(1, (os.cpu_count() or 1) // n)
+    procs: dict[int, subprocess.Popen] = {}
+    restarts = 0
+    stop = {"signal": None}
+
+    def forward(signum, frame) -> None:
+        stop["signal"] = signum
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        for slot in range(n):
+            procs[slot] = spawn_worker(suite, out, url, slot, threads)
+        while procs:
+            time.sleep(0.5)
+            for slot, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del procs[slot]
+                if code != 0 and stop["signal"] is None:
+                    restarts += 1
+                    if restarts > RESTARTS_PER_WORKER * n:
+                        raise UserError(f"workers keep dying (last exit code {code}); see {layout.worker_log(out, str(slot))}")
+                    procs[slot] = spawn_worker(suite, out, url, slot, threads)
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        raise
+    finally:
+        for proc in procs.values():
+            proc.wait()
+        signal.signal(signal.SIGTERM, previous)
+    if stop["signal"] is not None:
+        raise KeyboardInterrupt
+
+
+def spawn_worker(suite: Suite, out: Path, url: str, slot: int, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if suite.execution.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(suite.execution.gpus[slot % len(suite.execution.gpus)])
+    log = layout.worker_log(out, str(slot))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "optbench", "bench", str(layout.suite_file(out)), "--out", str(out),
+           "--storage", url, "--worker", str(slot), "--threads", str(threads)]
+    with open(log, "a") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def run_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
+    """One worker (a local process or a Slurm array task): reads the suite from OUT and works."""
+    suite = load_suite(layout.suite_file(out))
+    return work(suite, Path(out), url, worker_id, threads)
+
+
+# ----------------------------------------------------------------------------- Slurm
+
+
+def submit_slurm(suite: Suite, out: Path, url: str, workers: int | None = None, cluster: str | None = "slurm"):
+    """An array of workers through submitit (cluster="local" runs the same array as local processes)."""
+    import submitit
+
+    settings = suite.execution.slurm
+    executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster=cluster)
+    params = {"timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_task,
+              "mem_gb": settings.mem_gb, "slurm_array_parallelism": settings.array_parallelism,
+              "gpus_per_node": settings.gpus_per_task, "name": f"optbench-{suite.name}"}
+    if cluster == "slurm":
+        params.update({f"slurm_{k}": v for k, v in (("partition", settings.partition), ("account", settings.account),
+                                                    ("qos", settings.qos)) if v})
+        params.update({f"slurm_{k}": v for k, v in settings.extra.items()})
+    executor.update_parameters(**params)
+    n = workers or suite.execution.workers
+    ids = [f"slurm-{i}" for i in range(n)]
+    return executor.map_array(run_worker, [out] * n, [url] * n, ids, [settings.cpus_per_task] * n)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def progress(suite: Suite, url: str) -> list[dict]:
+    """Per scenario and optimizer: tuning trials by state, final seeds finished, and the final losses."""
+    import math
+
+    from optuna.trial import TrialState
+
+    storage = open_storage(url, suite.execution)
+    rows = []
+    for scenario in suite.scenarios:
+        for entry in suite.optimizers:
+            row = {"scenario": scenario.name, "optimizer": entry.name}
+            for phase in ("tune", "final"):
+                trials = load_study(suite, storage, scenario.name, entry.name, phase).get_trials(deepcopy=False)
+                row[phase] = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
+                              if any(t.state == state for t in trials)}
+                if phase == "final":
+                    row["final_losses"] = [t.value for t in trials if t.state == TrialState.COMPLETE
+                                           and t.value is not None and math.isfinite(t.value)]
+            rows.append(row)
+    return rows

@@ -1,0 +1,167 @@
+"""A worker: claim a trial, train it as an ordinary run directory, tell the study, repeat until done.
+
+Workers are interchangeable processes (local or Slurm array tasks) that share only the output folder
+and the study storage. While a trial trains, a heartbeat thread tells the storage it is alive; a trial
+whose heartbeat stops (its worker was killed) is failed by the next worker that plans and requeued with
+the same hyperparameters and seed, so it lands in the same run directory and resumes its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+
+from optbench.bench import layout
+from optbench.bench.plan import DONE, WAIT, Claim, claim_next
+from optbench.bench.storage import open_storage, requeue
+from optbench.bench.suite import Suite, run_key, run_overrides
+from optbench.config.compose import compose
+from optbench.train.rundir import environment, read_json, write_json
+
+POLL_S = 2.0
+"""How often an idle worker looks again while other workers' trials decide what comes next."""
+
+
+def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int | None = None,
+         max_trials: int | None = None) -> int:
+    """Run trials until the suite is done (or `max_trials` ran); returns how many this worker ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, suite.execution)
+    lock = FileLock(layout.lock_file(out))
+    ran = 0
+    while max_trials is None or ran < max_trials:
+        with lock:
+            claim = claim_next(suite, storage)
+        if claim == DONE:
+            break
+        if claim == WAIT:
+            time.sleep(POLL_S)
+            continue
+        assert isinstance(claim, Claim)
+        with heartbeat(storage, claim.trial._trial_id, suite.execution.heartbeat_s):
+            run_trial(suite, out, claim, worker_id, threads)
+        ran += 1
+    return ran
+
+
+@contextmanager
+def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
+    """Record the trial's heartbeat every `interval_s` from a daemon thread while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            storage.record_heartbeat(trial_id)
+
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_trial(suite: Suite, out: Path, claim: Claim, worker_id: str, threads: int | None) -> None:
+    """Train the claimed configuration and tell the study its final validation loss."""
+    from optbench.train.trainer import Trainer
+
+    run = layout.run_dir(out, claim.scenario.name, claim.entry.name, run_key(claim.hparams, claim.seed))
+    overrides = run_overrides(suite, claim.scenario, claim.entry, claim.hparams, claim.seed)
+    control = [f"run.dir={run}", "run.progress=false", "run.resume=auto",
+               f"run.ckpt_every={suite.execution.ckpt_every}"]
+    if threads:
+        control.append(f"train.threads={threads}")
+    trial = claim.trial
+    trial.set_user_attr("run_dir", str(run))
+    trial.set_user_attr("worker", worker_id)
+    env = environment()
+    trial.set_user_attr("git_commit", env["git_commit"])
+    trial.set_user_attr("versions", env["versions"])
+    discard_dead_attempt(run)
+    try:
+        cfg = compose(overrides + control)
+        observers = (PruningObserver(claim, suite, cfg),) if claim.phase == "tune" and suite.tuning.prune else ()
+        trainer = Trainer(cfg, observers=observers)
+        record_trial(run, suite, claim, overrides)
+        summary = trainer.train()
+    except Exception as err:  # a crash of this trial (bad hyperparameters, out of memory) is its result
+        traceback.print_exc()
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+        claim.study.tell(trial, state=TrialState.FAIL)
+        return
+    tell(claim, summary)
+
+
+def tell(claim: Claim, summary: dict[str, Any]) -> None:
+    status = summary["status"]
+    claim.trial.set_user_attr("status", status)
+    if status == "pruned":
+        claim.study.tell(claim.trial, state=TrialState.PRUNED)
+    elif status == "interrupted":
+        # Stopped by a signal, not by its result: fail it and requeue the same configuration at once.
+        claim.study.tell(claim.trial, state=TrialState.FAIL)
+        requeue()(claim.study, claim.study.get_trials()[claim.trial.number])
+        raise KeyboardInterrupt
+    else:
+        loss = summary["final_val_loss"]
+        diverged = status == "diverged" or loss is None or not math.isfinite(loss)
+        claim.study.tell(claim.trial, math.inf if diverged else loss)
+
+
+def discard_dead_attempt(run: Path) -> None:
+    """A dead worker's attempt that never checkpointed holds nothing to resume: start that run afresh."""
+    checkpoints = run / "checkpoints"
+    if run.exists() and not (checkpoints.exists() and any(checkpoints.glob("step-*.pt"))):
+        summary = run / "summary.json"
+        if not (summary.exists() and read_json(summary)["status"] in ("completed", "diverged")):
+            shutil.rmtree(run)
+
+
+def record_trial(run: Path, suite: Suite, claim: Claim, overrides: list[str]) -> None:
+    """trial.json: what the report needs to place this run; phases accumulate (a final run at the tuning
+    seed is the tuning trial's own run directory)."""
+    path = layout.trial_file(run)
+    phases = read_json(path)["phases"] if path.exists() else []
+    write_json(path, {"suite": suite.name, "scenario": claim.scenario.name, "optimizer": claim.entry.name,
+                      "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides,
+                      "phases": sorted(set(phases) | {claim.phase}, key=("tune", "final").index)})
+
+
+class PruningObserver:
+    """Reports each evaluation to the trial; stops the run when Optuna's median pruner finds its val loss
+    worse than the median of earlier trials at the same step (after `prune_warmup_evals` evaluations, and
+    never at the last step, where the trial is as good as finished)."""
+
+    MIN_TRIALS = 2
+    """Finished trials needed before any pruning: a median of fewer says little."""
+
+    def __init__(self, claim: Claim, suite: Suite, cfg):
+        self.trial = claim.trial
+        self.last_step = cfg.train.steps
+        every = cfg.eval.every or cfg.train.steps
+        claim.study.pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=self.MIN_TRIALS, n_warmup_steps=suite.tuning.prune_warmup_evals * every)
+
+    def log(self, record: dict[str, Any]) -> None:
+        from optbench.train.trainer import StopTraining
+
+        if "val_loss" not in record or record["step"] in (0, self.last_step):
+            return
+        self.trial.report(record["val_loss"], record["step"])
+        if self.trial.should_prune():
+            raise StopTraining("pruned")
+
+    def close(self) -> None:
+        pass

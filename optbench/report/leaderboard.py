@@ -1,0 +1,114 @@
+"""One scenario's leaderboard: a row per optimizer with final runs, measured against the baseline.
+
+The numbers stay raw here (floats, NaN for unknown, inf for "never"); tables.py formats them for reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from optbench.bench.suite import Scenario
+from optbench.report import measures
+from optbench.report.load import MISSING, Bench, Run
+from optbench.report.significance import pairwise_p, welch_p
+from optbench.report.speedup import PowerLaw, select_fit, speedup
+
+INCOMPLETE = (MISSING, "running", "interrupted")
+"""Statuses of tuning runs that never finished, whatever the reason (a dead worker, a stopped bench)."""
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    fit: PowerLaw | None
+    table: pd.DataFrame
+    """One row per optimizer with final runs, best mean final loss first."""
+    pairwise: pd.DataFrame
+    """Welch p-values between the final losses of every two optimizers."""
+    without_final: list[str] = field(default_factory=list)
+    """Optimizers of the suite with no final run in this scenario (not on the leaderboard)."""
+
+
+def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
+    suite = bench.suite
+    baseline = bench.select(scenario.name, suite.baseline, "final")
+    fit = baseline_fit(bench, scenario)
+    rows, losses, without = [], {}, []
+    for entry in suite.optimizers:
+        finals = bench.select(scenario.name, entry.name, "final")
+        if not finals:
+            without.append(entry.name)
+            continue
+        losses[entry.name] = measures.final_losses(finals)
+        rows.append(_row(bench, scenario, entry.name, finals, baseline, fit))
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = _add_ratios(table, suite.baseline)
+        table = table.sort_values("final_loss_mean", na_position="last", kind="stable").reset_index(drop=True)
+        table.insert(1, "rank", np.arange(1, len(table) + 1))
+    return ScenarioResult(scenario=scenario, fit=fit, table=table, pairwise=pairwise_p(losses),
+                          without_final=without)
+
+
+def baseline_fit(bench: Bench, scenario: Scenario) -> PowerLaw | None:
+    """The power law converting a loss into baseline tokens for this scenario (see speedup.select_fit)."""
+    baseline = bench.suite.baseline
+    ladder_points = []
+    if scenario.ladder is not None:
+        for other in bench.suite.scenarios:
+            done = measures.completed(bench.select(other.name, baseline, "final"))
+            if other.ladder == scenario.ladder and done:
+                ladder_points.append((float(np.mean([r.tokens for r in done])),
+                                      float(np.mean([r.final_loss for r in done]))))
+    curve = measures.mean_curve(measures.completed(bench.select(scenario.name, baseline, "final")))
+    return select_fit(scenario.ladder, ladder_points, list(zip(curve.index, curve["mean"])))
+
+
+def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baseline: list[Run],
+         fit: PowerLaw | None) -> dict:
+    done = measures.completed(finals)
+    losses = measures.final_losses(finals)
+    mean = float(losses.mean()) if len(losses) else math.nan
+    tokens = float(np.mean([r.tokens for r in done])) if done else math.nan
+    # Diverged runs count as never reaching the target; runs that never finished tell nothing.
+    ended = [r for r in finals if r.status in ("completed", "diverged")]
+    steps, seconds = measures.steps_to_target(ended, scenario.target_loss)
+    tuning = Counter(r.status for r in bench.select(scenario.name, name, "tune"))
+    is_baseline = name == bench.suite.baseline
+    return {
+        "scenario": scenario.name,
+        "optimizer": name,
+        "n_final": len(losses),
+        "final_loss_mean": mean,
+        "final_loss_std": float(losses.std(ddof=1)) if len(losses) > 1 else math.nan,
+        "hparams": json.dumps(finals[0].hparams, sort_keys=True),
+        "tokens": tokens,
+        "speedup": speedup(fit, mean, tokens),
+        "steps_to_target": steps,
+        "wall_s_to_target": seconds,
+        "step_time_s": measures.median_step_time(done),
+        "state_bytes_per_param": measures.state_bytes_per_param(done),
+        "peak_mem_bytes": measures.median([r.value("peak_mem_bytes") for r in done]),
+        "p_value": math.nan if is_baseline else welch_p(losses, measures.final_losses(baseline)),
+        "tune_trials": sum(tuning.values()),
+        "diverged": tuning["diverged"],
+        "pruned": tuning["pruned"],
+        "failed": tuning["failed"],
+        "incomplete": sum(tuning[s] for s in INCOMPLETE),
+    }
+
+
+def _add_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Step time and optimizer state relative to the baseline's row (NaN without one)."""
+    base = table[table["optimizer"] == baseline]
+    for column, ratio in (("step_time_s", "step_time_ratio"), ("state_bytes_per_param", "state_ratio")):
+        reference = float(base[column].iloc[0]) if len(base) else math.nan
+        position = table.columns.get_loc(column) + 1
+        table.insert(position, ratio, table[column] / reference if reference > 0 else math.nan)
+    return table

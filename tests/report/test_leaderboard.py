@@ -1,0 +1,133 @@
+"""Leaderboard rows on synthetic benches whose numbers are known in advance (see synthetic.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from optbench.report import measures
+from optbench.report.leaderboard import scenario_result
+from optbench.report.load import load_bench
+from optbench.report.tables import display_leaderboard
+from tests.report.synthetic import law, power_law_bench, write_run, write_suite
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return load_bench(power_law_bench(tmp_path_factory.mktemp("bench") / "out"))
+
+
+@pytest.fixture(scope="module")
+def result(bench):
+    return scenario_result(bench, bench.suite.scenario("s"))
+
+
+def rows(result):
+    return {row["optimizer"]: row for row in result.table.to_dict("records")}
+
+
+def test_one_row_per_optimizer_with_final_runs_best_first(result):
+    assert result.table["optimizer"].tolist() == ["muon", "adamw", "lion"]
+    assert result.table["rank"].tolist() == [1, 2, 3]
+    assert result.table["n_final"].tolist() == [3, 3, 3]
+    assert result.without_final == ["sgd"]
+    assert rows(result)["muon"]["final_loss_mean"] == pytest.approx(law(2e7), abs=1e-12)
+    assert rows(result)["muon"]["final_loss_std"] == pytest.approx(0.002, abs=1e-9)
+    assert rows(result)["adamw"]["hparams"] == '{"beta2": 0.95, "lr": 0.001}'
+
+
+def test_within_run_fit_and_speedups(result):
+    assert result.fit.source.startswith("within-run")
+    assert (result.fit.E, result.fit.A, result.fit.alpha) == pytest.approx((2.0, 50.0, 0.3), abs=1e-3)
+    by_name = rows(result)
+    assert by_name["muon"]["speedup"] == pytest.approx(2.0, abs=1e-3)
+    assert by_name["adamw"]["speedup"] == pytest.approx(1.0, abs=1e-3)
+    assert by_name["lion"]["speedup"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_steps_and_seconds_to_target(result):
+    # L(D) <= 2.5 from D = 4.64e6 tokens: adamw at step 5, muon (2x tokens) at 3, lion (0.5x) at 10.
+    by_name = rows(result)
+    assert [by_name[n]["steps_to_target"] for n in ("adamw", "muon", "lion")] == [5, 3, 10]
+    assert by_name["muon"]["wall_s_to_target"] == pytest.approx(3 * 0.12)
+    assert by_name["lion"]["wall_s_to_target"] == pytest.approx(10 * 0.09)
+
+
+def test_overheads_against_the_baseline(result):
+    by_name = rows(result)
+    assert by_name["muon"]["step_time_s"] == pytest.approx(0.12)
+    assert by_name["muon"]["step_time_ratio"] == pytest.approx(1.2)
+    assert by_name["lion"]["step_time_ratio"] == pytest.approx(0.9)
+    assert by_name["adamw"]["state_bytes_per_param"] == pytest.approx(8.0)
+    assert by_name["muon"]["state_ratio"] == pytest.approx(0.5)
+    assert by_name["muon"]["peak_mem_bytes"] == 64 * 2**20
+
+
+def test_welch_p_values_against_the_baseline(bench, result):
+    adamw = measures.final_losses(bench.select("s", "adamw", "final"))
+    muon = measures.final_losses(bench.select("s", "muon", "final"))
+    by_name = rows(result)
+    assert by_name["muon"]["p_value"] == pytest.approx(stats.ttest_ind(muon, adamw, equal_var=False).pvalue)
+    assert by_name["muon"]["p_value"] < 0.05
+    assert math.isnan(by_name["adamw"]["p_value"])
+    assert result.pairwise.loc["muon", "adamw"] == pytest.approx(by_name["muon"]["p_value"])
+    assert list(result.pairwise.columns) == ["adamw", "muon", "lion"]
+
+
+def test_tuning_trials_and_failures_are_counted(result):
+    by_name = rows(result)
+    assert (by_name["adamw"]["tune_trials"], by_name["adamw"]["diverged"]) == (3, 0)
+    assert (by_name["muon"]["tune_trials"], by_name["muon"]["diverged"]) == (3, 1)
+    lion = by_name["lion"]
+    assert (lion["tune_trials"], lion["pruned"], lion["incomplete"], lion["failed"]) == (5, 1, 1, 0)
+
+
+def test_display_shows_target_columns_only_with_a_target(result, tmp_path):
+    shown = display_leaderboard(result.table, result.fit, has_target=True)
+    assert shown.loc[0, "steps to target"] == "3" and shown.loc[0, "speedup (D_eff/D)"] == "2.00×"
+    no_target = load_bench(power_law_bench(tmp_path / "out", target=None))
+    table = scenario_result(no_target, no_target.suite.scenario("s")).table
+    assert table["steps_to_target"].isna().all()
+    assert "steps to target" not in display_leaderboard(table, result.fit, has_target=False).columns
+
+
+def ladder_bench(out, budgets):
+    """Scenarios differing in tokens; the baseline's curves are ramps that end on the law at each budget,
+    so only the ladder (final losses across scenarios) recovers it."""
+    write_suite(out, [{"name": f"d{i}", "ladder": "L", "target_loss": None} for i in range(len(budgets))],
+                ["adamw", "muon"], seeds=[0])
+    for i, per_step in enumerate(budgets):
+        total = 10 * per_step
+        for name, scale in (("adamw", 1.0), ("muon", 2.0)):
+            ramp = [law(scale * total) + 0.3 * (10 - k) / 10 for k in range(1, 11)]
+            write_run(out, f"d{i}", name, 0, {"lr": 1e-3}, ramp, tokens_per_step=per_step)
+    return load_bench(out)
+
+
+def test_a_ladder_of_three_scenarios_gives_the_fit(tmp_path):
+    bench = ladder_bench(tmp_path / "out", [100_000, 1_000_000, 10_000_000])
+    for scenario in bench.suite.scenarios:
+        result = scenario_result(bench, scenario)
+        assert result.fit.source.startswith("ladder 'L'")
+        assert (result.fit.E, result.fit.A, result.fit.alpha) == pytest.approx((2.0, 50.0, 0.3), abs=1e-3)
+        assert rows(result)["muon"]["speedup"] == pytest.approx(2.0, abs=1e-3)
+
+
+def test_a_ladder_of_two_falls_back_to_the_curve(tmp_path):
+    bench = ladder_bench(tmp_path / "out", [100_000, 1_000_000])
+    result = scenario_result(bench, bench.suite.scenarios[0])
+    assert result.fit.source.startswith("within-run")
+
+
+def test_a_loss_below_the_fitted_floor_is_shown_as_such(tmp_path):
+    out = tmp_path / "out"
+    write_suite(out, [{"name": "s"}], ["adamw", "muon"], seeds=[0])
+    write_run(out, "s", "adamw", 0, {"lr": 1e-3}, [law(k * 1e6) for k in range(1, 11)])
+    write_run(out, "s", "muon", 0, {"lr": 0.02}, [3.0] * 9 + [1.9])
+    bench = load_bench(out)
+    result = scenario_result(bench, bench.suite.scenario("s"))
+    assert math.isinf(rows(result)["muon"]["speedup"])
+    shown = display_leaderboard(result.table, result.fit, has_target=False)
+    assert shown.loc[0, "speedup (D_eff/D)"].startswith("below fitted floor E=2")
