@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from optbench.bench.suite import Scenario
+from optbench.bench.suite import Scenario, search_space
+from optbench.optim.search_space import LogUniform, Uniform, grid_points
 from optbench.report import measures
 from optbench.report.load import MISSING, Bench, Run
 from optbench.report.significance import pairwise_p, welch_p
-from optbench.report.speedup import PowerLaw, select_fit, speedup
+from optbench.report.speedup import PowerLaw, anchored, select_fit, speedup
 
 INCOMPLETE = (MISSING, "running", "interrupted")
 """Statuses of tuning runs that never finished, whatever the reason (a dead worker, a stopped bench)."""
@@ -66,8 +67,12 @@ def baseline_fit(bench: Bench, scenario: Scenario) -> PowerLaw | None:
             if other.ladder == scenario.ladder and done:
                 ladder_points.append((float(np.mean([r.tokens for r in done])),
                                       float(np.mean([r.final_loss for r in done]))))
-    curve = measures.mean_curve(measures.completed(bench.select(scenario.name, baseline, "final")))
-    return select_fit(scenario.ladder, ladder_points, list(zip(curve.index, curve["mean"])))
+    finals = measures.completed(bench.select(scenario.name, baseline, "final"))
+    curve = measures.mean_curve(finals)
+    fit = select_fit(scenario.ladder, ladder_points, list(zip(curve.index, curve["mean"])))
+    if fit is not None and fit.within_run:
+        fit = anchored(fit, float(np.mean([r.final_loss for r in finals])), float(np.mean([r.tokens for r in finals])))
+    return fit
 
 
 def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baseline: list[Run],
@@ -88,6 +93,7 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
         "final_loss_mean": mean,
         "final_loss_std": float(losses.std(ddof=1)) if len(losses) > 1 else math.nan,
         "hparams": json.dumps(finals[0].hparams, sort_keys=True),
+        "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams)),
         "tokens": tokens,
         "speedup": speedup(fit, mean, tokens),
         "steps_to_target": steps,
@@ -102,6 +108,18 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
         "failed": tuning["failed"],
         "incomplete": sum(tuning[s] for s in INCOMPLETE),
     }
+
+
+def at_grid_edge(bench: Bench, name: str, hparams: dict) -> list[str]:
+    """Tuned ranges whose best value is the lowest or highest grid point: the optimum may lie beyond the
+    grid, so the optimizer may be under-tuned there (a reader should widen the range and rerun)."""
+    space = search_space(bench.suite.optimizer(name))
+    edges = []
+    for key, dim in space.items():
+        points = grid_points(dim)
+        if isinstance(dim, (LogUniform, Uniform)) and len(points) >= 3 and hparams.get(key) in (min(points), max(points)):
+            edges.append(key)
+    return edges
 
 
 def _add_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:

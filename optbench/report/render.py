@@ -15,6 +15,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 TEMPLATE = "report.html.j2"
 
+EDGE_NOTE = "A starred hyperparameter is at the edge of its tuning grid: its optimum may lie beyond it."
+
 
 def write_markdown(path: Path, context: dict[str, Any]) -> None:
     path.write_text("\n".join(markdown_lines(context)) + "\n")
@@ -47,7 +49,7 @@ def markdown_lines(context: dict[str, Any]) -> list[str]:
 
 
 def _markdown_section(section: dict[str, Any]) -> list[str]:
-    lines = [f"## Scenario `{section['name']}`", "", _scenario_line(section), "", f"Speedup: {section['fit']}.", ""]
+    lines = [f"## Scenario `{section['name']}`", "", _scenario_line(section), "", f"Speedup: {section['fit']}. {EDGE_NOTE}", ""]
     if section["leaderboard"] is not None:
         lines += [_md(section["leaderboard"]), ""]
     else:
@@ -82,7 +84,7 @@ def write_html(path: Path, context: dict[str, Any], report_dir: Path) -> None:
     env.filters["data_uri"] = lambda rel: _data_uri(report_dir / rel)
     env.globals["scenario_line"] = _scenario_line
     env.globals["versions"] = _versions
-    path.write_text(env.get_template(TEMPLATE).render(**context))
+    path.write_text(env.get_template(TEMPLATE).render(**context, edge_note=EDGE_NOTE))
 
 
 def _data_uri(png: Path) -> str:

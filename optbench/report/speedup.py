@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -26,6 +26,11 @@ class PowerLaw:
     source: str
     """Which data the fit used, in words (shown in the report)."""
     points: int
+    within_run: bool = False
+    scale: float = 1.0
+    """Multiplies D_eff. A within-run fit is anchored so the baseline's own final loss is worth exactly the
+    tokens it used (scale = D / D_eff(baseline)): a decaying schedule bends the end of a single curve below
+    the power law, and unanchored the baseline would not come out at 1.00x against itself."""
 
     def loss(self, tokens: float) -> float:
         return self.E + self.A * tokens ** -self.alpha
@@ -84,7 +89,16 @@ def speedup(fit: PowerLaw | None, loss: float, tokens: float) -> float:
     """D_eff / D; inf when the loss is at or below the fitted floor, NaN without a fit or a loss."""
     if fit is None or not math.isfinite(loss) or not tokens > 0:
         return math.nan
-    return fit.tokens_for(loss) / tokens
+    return fit.scale * fit.tokens_for(loss) / tokens
+
+
+def anchored(fit: PowerLaw, baseline_loss: float, baseline_tokens: float) -> PowerLaw:
+    """The within-run fit with `scale` set so speedup(baseline) == 1 (see PowerLaw.scale)."""
+    own = fit.tokens_for(baseline_loss)
+    if not (math.isfinite(own) and own > 0 and baseline_tokens > 0):
+        return fit
+    return replace(fit, scale=baseline_tokens / own,
+                   source=f"{fit.source}, anchored at the baseline's final loss (D_eff x {baseline_tokens / own:.3g})")
 
 
 def select_fit(ladder: str | None, ladder_points: Sequence[tuple[float, float]],
@@ -100,4 +114,5 @@ def select_fit(ladder: str | None, ladder_points: Sequence[tuple[float, float]],
     if len(curve_points) < MIN_POINTS:
         return None
     tokens, losses = zip(*curve_points)
-    return fit_power_law(tokens, losses, "within-run: the baseline's val-loss curve in this scenario")
+    fit = fit_power_law(tokens, losses, "within-run: the baseline's val-loss curve in this scenario")
+    return replace(fit, within_run=True) if fit is not None else None

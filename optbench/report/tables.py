@@ -44,7 +44,7 @@ def display_leaderboard(table: pd.DataFrame, fit: PowerLaw | None, has_target: b
             "#": str(row["rank"]),
             "optimizer": row["optimizer"],
             "final val loss": _loss(row),
-            "best hyperparameters": hparams_text(json.loads(row["hparams"])),
+            "best hyperparameters": hparams_text(json.loads(row["hparams"]), row.get("at_grid_edge") or ""),
             "speedup (D_eff/D)": speedup_text(row["speedup"], fit),
         }
         if has_target:
@@ -96,8 +96,11 @@ def p_text(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
-def hparams_text(hparams: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items()) or DASH
+def hparams_text(hparams: dict[str, Any], edges: str = "") -> str:
+    """k=v pairs; a value at the edge of its tuning grid is starred (the optimum may lie outside the grid)."""
+    starred = set(filter(None, edges.split(",")))
+    return ", ".join((f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}") + ("*" if k in starred else "")
+                     for k, v in hparams.items()) or DASH
 
 
 def _loss(row: dict[str, Any]) -> str:

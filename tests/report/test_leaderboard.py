@@ -131,3 +131,14 @@ def test_a_loss_below_the_fitted_floor_is_shown_as_such(tmp_path):
     assert math.isinf(rows(result)["muon"]["speedup"])
     shown = display_leaderboard(result.table, result.fit, has_target=False)
     assert shown.loc[0, "speedup (D_eff/D)"].startswith("below fitted floor E=2")
+
+
+def test_a_best_value_at_the_edge_of_its_grid_is_flagged(tmp_path):
+    out = tmp_path / "out"
+    write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
+    write_run(out, "s", "adamw", 0, {"lr": 1e-2, "beta2": 0.95, "weight_decay": 0.0}, [3.0, 2.5], phases=("final",))
+    result = scenario_result(load_bench(out), load_bench(out).suite.scenario("s"))
+    row = rows(result)["adamw"]
+    assert row["at_grid_edge"] == "lr"  # 1e-2 is the top of adamw's lr grid; beta2 and weight decay are choices
+    shown = display_leaderboard(result.table, result.fit, has_target=False)
+    assert shown.loc[0, "best hyperparameters"] == "beta2=0.95, lr=0.01*, weight_decay=0"

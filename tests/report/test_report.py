@@ -13,7 +13,7 @@ from optbench.errors import UserError
 from optbench.report import write_report
 from tests.report.synthetic import curve, power_law_bench, write_run, write_suite
 
-LEADERBOARD_COLUMNS = ["scenario", "rank", "optimizer", "n_final", "final_loss_mean", "final_loss_std", "hparams",
+LEADERBOARD_COLUMNS = ["scenario", "rank", "optimizer", "n_final", "final_loss_mean", "final_loss_std", "hparams", "at_grid_edge",
                        "tokens", "speedup", "steps_to_target", "wall_s_to_target", "step_time_s",
                        "step_time_ratio", "state_bytes_per_param", "state_ratio", "peak_mem_bytes", "p_value",
                        "tune_trials", "diverged", "pruned", "failed", "incomplete"]

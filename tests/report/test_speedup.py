@@ -55,3 +55,16 @@ def test_select_prefers_a_ladder_of_three_and_falls_back_to_the_curve():
     assert (fallback.E, fallback.A, fallback.alpha) == pytest.approx((3.0, 10.0, 0.5), abs=1e-3)
     assert select_fit(None, ladder, other).source.startswith("within-run")
     assert select_fit(None, [], other[:2]) is None
+
+
+def test_a_within_run_fit_is_anchored_so_the_baseline_is_one():
+    from optbench.report.speedup import anchored
+
+    tokens = [1e3, 2e3, 4e3, 8e3, 16e3]
+    fit = select_fit(None, [], [(d, 2.0 + 50.0 * d ** -0.3) for d in tokens])
+    assert fit.within_run and fit.scale == 1.0
+    bent = 2.0 + 50.0 * 16e3 ** -0.3 - 0.02  # a decayed schedule ends below the curve's own law
+    fit = anchored(fit, bent, 16e3)
+    assert speedup(fit, bent, 16e3) == pytest.approx(1.0, rel=1e-9)
+    assert speedup(fit, bent + 0.01, 16e3) < 1.0 < speedup(fit, bent - 0.01, 16e3)
+    assert "anchored at the baseline's final loss" in fit.source
