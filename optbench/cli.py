@@ -93,13 +93,15 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 def cmd_model_list(args: argparse.Namespace) -> int:
     from optbench.models.presets import preset_table
 
-    table = Table(title="model presets (parameters with the GPT-2 vocabulary, 50304 padded)")
-    for column in ("preset", "family", "layers", "heads", "width", "params", "non-embedding"):
-        table.add_column(column, justify="right" if column not in ("preset", "family") else "left")
+    table = Table(title="model presets (parameters with the GPT-2 vocabulary, 50304 padded; active: "
+                        "non-embedding parameters a token passes through)")
+    for column in ("preset", "family", "layers", "heads", "width", "params", "non-embedding", "active"):
+        table.add_column(column, justify="right" if column not in ("preset", "family") else "left", no_wrap=True)
     for row in preset_table():
         table.add_row(row["preset"], row["family"], str(row["n_layer"]), str(row["n_head"]), str(row["n_embd"]),
-                      f"{row['params'] / 1e6:.1f}M", f"{row['params_non_embedding'] / 1e6:.1f}M")
-    Console().print(table)
+                      f"{row['params'] / 1e6:.1f}M", f"{row['params_non_embedding'] / 1e6:.1f}M",
+                      f"{row['params_active'] / 1e6:.1f}M")
+    Console(width=max(Console().width, 120)).print(table)
     return 0
 
 
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except UserError as err:
-        print(f"optbench: error: {err}", file=sys.stderr)
+        sys.stderr.write(f"optbench: error: {err}\n")  # one write: ranks of a torchrun job never interleave a line
         return EXIT_USAGE
 
 

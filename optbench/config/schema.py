@@ -37,12 +37,25 @@ class ModelConfig:
     """Pad the embedding table to a multiple of this for faster matmuls (50257 -> 50304)."""
     dropout: float = 0.0
     init_std: float = 0.02
+    parallel_block: bool = False
+    """x + mixer(norm(x)) + mlp(norm(x)) with one norm (GPT-J, PaLM) instead of two residual steps in turn."""
+    mup: bool = False
+    """muP (Yang et al. 2022; optbench/models/mup.py): hidden init and Adam lr scale with width, logits by 1/width,
+    attention by 1/head_dim, so hyperparameters tuned at `mup_base_width` transfer to wider models."""
+    mup_base_width: int = 256
+    """The n_embd at which muP equals the standard parametrisation; the width multiplier is n_embd / this."""
+    mup_base_head_dim: int | None = None
+    """The head dim at which muP's 1/d attention equals SP's 1/sqrt(d); None: the head dim at the base width with
+    this model's head count (heads fixed as width grows). Set it to the head dim when heads grow with width."""
 
     def __post_init__(self) -> None:
         check(self.n_layer > 0 and self.n_head > 0, "model.n_layer and model.n_head must be positive")
         check(self.n_embd % self.n_head == 0,
               f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+        check(self.mup_base_width > 0, f"model.mup_base_width={self.mup_base_width} must be positive")
+        check(self.mup_base_head_dim is None or self.mup_base_head_dim > 0,
+              f"model.mup_base_head_dim={self.mup_base_head_dim} must be positive (or null: from the base width)")
 
 
 @dataclass

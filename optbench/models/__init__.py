@@ -1,8 +1,10 @@
 """Model families. Importing this package registers every family in `MODELS`."""
 
+from optbench.models import linear_attention
 from optbench.models.gpt2 import GPT2, GPT2Config
 from optbench.models.llama import Llama, LlamaConfig
+from optbench.models.moe import MoE, MoEConfig
 from optbench.models.registry import MODELS, ModelSpec, build, config_classes, model_vocab_size
 
-__all__ = ["GPT2", "GPT2Config", "MODELS", "Llama", "LlamaConfig", "ModelSpec", "build", "config_classes",
-           "model_vocab_size"]
+__all__ = ["GPT2", "GPT2Config", "MODELS", "Llama", "LlamaConfig", "MoE", "MoEConfig", "ModelSpec", "build",
+           "config_classes", "linear_attention", "model_vocab_size"]

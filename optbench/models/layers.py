@@ -20,13 +20,15 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+           scale: float | None = None) -> torch.Tensor:
     """Causal multi-head attention of (B, H, T, D) queries over (B, H_kv, T, D) keys and values.
 
     H_kv may divide H (grouped-query attention): SDPA's `enable_gqa` shares each key/value head
-    with H / H_kv query heads without materialising copies. Returns the heads side by side, (B, T, H*D).
+    with H / H_kv query heads without materialising copies. `scale` multiplies q.k before the softmax
+    (None: 1/sqrt(D); muP passes its 1/D rule). Returns the heads side by side, (B, T, H*D).
     """
-    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale,
                                        enable_gqa=k.size(1) != q.size(1))
     batch, heads, seq, head_dim = y.shape
     return y.transpose(1, 2).reshape(batch, seq, heads * head_dim)
@@ -97,7 +99,9 @@ class CausalLM(nn.Module):
 
     A subclass sets `self.cfg` (a ModelConfig) and `self.seq_len` (the longest context it was built
     for) and implements `forward(idx: LongTensor[B, T]) -> logits FloatTensor[B, T, V]` and
-    `blocks() -> nn.ModuleList` (its repeated transformer blocks: FSDP shards each as a unit).
+    `blocks() -> nn.ModuleList` (its repeated transformer blocks: FSDP shards each as a unit), and may
+    report `auxiliary_losses()` and `forward_stats()` of its last forward, and per-parameter
+    `lr_multipliers()` (muP's).
     Embedding tables are recognised as `nn.Embedding` modules and a tied head as an `nn.Linear`
     sharing such a table's weight, so the counting rules below hold for every family.
     """
@@ -123,18 +127,23 @@ class CausalLM(nn.Module):
             return total
         return total - sum(t.numel() for t in self._tables())
 
+    def num_active_params(self) -> int:
+        """Non-embedding parameters each token passes through: all of them in a dense model; a mixture of
+        experts counts only the experts a token is routed to."""
+        return self.num_params(embeddings=False)
+
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs (forward + backward) per token: 6 N + 12 L d T (PaLM, appendix B).
 
-        N is the number of parameters that take part in a matmul per token: the non-embedding
-        count plus the head when it is tied to the token table (a lookup costs no FLOPs, the head
+        N is the number of parameters that take part in a matmul per token: the active non-embedding
+        count (`num_active_params`) plus the head when it is tied to the token table (a lookup costs no FLOPs, the head
         does). 12 L d T is attention's scores and weighted sum over a context of T = `seq_len`
         (default: the built context), counted over the full T x T matrix as PaLM does.
         """
         tables = {id(t) for t in self._tables()}
         tied_heads = {id(m.weight): m.weight.numel() for m in self.modules()
                       if isinstance(m, nn.Linear) and id(m.weight) in tables}
-        matmul_params = self.num_params(embeddings=False) + sum(tied_heads.values())
+        matmul_params = self.num_active_params() + sum(tied_heads.values())
         seq = self.seq_len if seq_len is None else seq_len
         return 6.0 * matmul_params + 12.0 * self.cfg.n_layer * self.cfg.n_embd * seq
 
@@ -164,6 +173,24 @@ class CausalLM(nn.Module):
         finally:
             self.train(was_training)
         return idx
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name -> multiplier on the optimizer's lr for it (muP's per-group lr); absent names: 1.
+        Routing puts each multiplier into its own param group. None by default (standard parametrisation)."""
+        return {}
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """Weighted extra loss terms of the last forward (a mixture of experts' router losses), which the
+        trainer adds to the cross-entropy and logs by name; none for a dense model."""
+        return {}
+
+    def load_initial_weights(self) -> None:
+        """Overwrite the fresh init with weights from elsewhere (a mixture of experts upcycled from a dense
+        checkpoint); the trainer calls it once before training starts, never on resume."""
+
+    def forward_stats(self) -> dict[str, float]:
+        """Statistics of the last forward worth logging (expert load, dropped tokens); none by default."""
+        return {}
 
     def _check_length(self, seq: int) -> None:
         """Fail clearly (instead of an index error deep inside) on a context longer than built for."""

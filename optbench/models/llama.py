@@ -18,6 +18,7 @@ from torch import nn
 
 from optbench.config.schema import ModelConfig
 from optbench.errors import check
+from optbench.models import mup
 from optbench.models.layers import CausalLM, RMSNorm, RotaryEmbedding, attend, init_weights, round_up
 from optbench.models.registry import register
 
@@ -79,6 +80,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = nn.Identity()
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.scale = mup.attention_scale(cfg, self.head_dim) if cfg.mup else None
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -86,7 +88,7 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(batch, seq, self.n_kv_head, self.head_dim))
         v = self.v_proj(x).view(batch, seq, self.n_kv_head, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        y = attend(rope(q), rope(k), v, self.dropout if self.training else 0.0)
+        y = attend(rope(q), rope(k), v, self.dropout if self.training else 0.0, self.scale)
         return self.resid_dropout(self.o_proj(y))
 
 
@@ -105,16 +107,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block around a token mixer (attention here; subclasses of Llama swap in others)
+    and a feed-forward layer (SwiGLU here; a mixture of experts in MoE): x + mixer(norm(x)), then
+    x + ffn(norm(x)); or, with `parallel_block`, x + mixer(norm(x)) + ffn(norm(x)) over one norm."""
 
-    def __init__(self, cfg: LlamaConfig) -> None:
+    def __init__(self, cfg: LlamaConfig, mixer: nn.Module, ffn: nn.Module) -> None:
         super().__init__()
+        self.parallel = cfg.parallel_block
         self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.attn = mixer
+        self.mlp_norm = None if self.parallel else RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = ffn
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
+        if self.parallel:
+            h = self.attn_norm(x)
+            return x + self.attn(h, rope) + self.mlp(h)
         x = x + self.attn(self.attn_norm(x), rope)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -130,15 +138,31 @@ class Llama(CausalLM):
         self.tok_embeddings = nn.Embedding(vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.rope = RotaryEmbedding(cfg.n_embd // cfg.n_head, seq_len, cfg.rope_theta)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(Block(cfg, self.make_mixer(cfg, i), self.make_ffn(cfg, i))
+                                    for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.output = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         init_weights(self, cfg.init_std, cfg.n_layer, residual=("o_proj.weight", "down_proj.weight"))
+        self.mup_width = mup.width_multiplier(cfg) if cfg.mup else None  # muP's m; None: standard parametrisation
+        if self.mup_width is not None:
+            mup.rescale_init_(self, self.output, self.mup_width)
+
+    def make_mixer(self, cfg: LlamaConfig, layer: int) -> nn.Module:
+        """Layer `layer`'s token mixer, called as mixer(x, rope). A family built on Llama overrides this; its
+        output projection should be named `o_proj` so init scales it as a residual branch."""
+        return Attention(cfg)
+
+    def make_ffn(self, cfg: LlamaConfig, layer: int) -> nn.Module:
+        """Layer `layer`'s feed-forward, called as ffn(x); residual outputs are named `down_proj`."""
+        return MLP(cfg)
 
     def blocks(self) -> nn.ModuleList:
         return self.layers
+
+    def lr_multipliers(self) -> dict[str, float]:
+        return {} if self.mup_width is None else mup.lr_multipliers(self, self.output, self.mup_width)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T); position t sees tokens 0..t only."""
@@ -146,4 +170,7 @@ class Llama(CausalLM):
         x = self.drop(self.tok_embeddings(idx))
         for layer in self.layers:
             x = layer(x, self.rope)
-        return self.output(self.norm(x))
+        x = self.norm(x)
+        if self.mup_width is not None:
+            x = x * mup.output_multiplier(self.mup_width)  # muP's readout 1/m; a tied table's lookup keeps 1
+        return self.output(x)

@@ -21,5 +21,6 @@ def preset_table(seq_len: int = 1024) -> list[dict]:
             model = build(cfg, GPT2_VOCAB, seq_len)
         rows.append({"preset": preset, "family": cfg.name, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
                      "n_embd": cfg.n_embd, "params": model.num_params(),
-                     "params_non_embedding": model.num_params(embeddings=False)})
+                     "params_non_embedding": model.num_params(embeddings=False),
+                     "params_active": model.num_active_params()})
     return rows

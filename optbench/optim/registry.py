@@ -144,12 +144,13 @@ def create(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
 
 
 def routing_table(cfg: OptimConfig, model: nn.Module) -> list[dict]:
-    """Each parameter's role, optimizer and weight decay, as rows (printed at start, saved per run)."""
+    """Each parameter's role, optimizer, weight decay and lr multiplier, as rows (printed at start, saved per run)."""
     spec = get(cfg.name)
     rows = []
     for r in route(model, cfg):
         to_backup = spec.capabilities.matrix_only and r.role != "matrix"
         decay = _backup_decay(r, cfg) if to_backup else r.weight_decay
         rows.append({"name": r.name, "shape": list(r.param.shape), "role": r.role,
-                     "optimizer": cfg.backup.name if to_backup else cfg.name, "weight_decay": decay})
+                     "optimizer": cfg.backup.name if to_backup else cfg.name, "weight_decay": decay,
+                     "lr_mult": 1.0 if r.lr_mult is None else r.lr_mult})
     return rows

@@ -78,6 +78,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
+        if self.resume_from is None:
+            self.model.load_initial_weights()
         self._check_parallel()
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
@@ -93,6 +95,7 @@ class Trainer:
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
         self.step = 0
         self.time_offset = 0.0
+        self.model_metrics: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- setup helpers
 
@@ -133,9 +136,11 @@ class Trainer:
             with distributed.gradient_sync(self.replica, enabled=i == len(micros) - 1):
                 with hw.autocast(self.device, self.dtype):
                     logits = self.forward(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
-                self.scaler.scale(loss).backward()
-            total_loss += loss.detach()
+                ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
+                aux = self.model.auxiliary_losses()
+                self.scaler.scale(ce + sum(aux.values()) / len(micros)).backward()
+            total_loss += ce.detach()  # the logged loss is the cross-entropy alone, comparable across models
+        self.model_metrics = {**{k: v.detach() for k, v in aux.items()}, **self.model.forward_stats()}
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = distributed.as_float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -252,6 +257,7 @@ class Trainer:
                         record = {"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                                   "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
                                   **diagnostics.update_stats(self.params, before),
+                                  **{k: float(v) for k, v in self.model_metrics.items()},
                                   "tokens_per_s": interval_tokens / (now - interval_start)}
                         record.update(self._mfu(record["tokens_per_s"]))
                         emit(record)
@@ -355,13 +361,15 @@ class Trainer:
         return sinks
 
     def _print_routing(self) -> None:
-        counts: dict[tuple[str, str, float], list[int]] = {}
+        counts: dict[tuple[str, str, float, float], list[int]] = {}
         for row in self.routing:
             numel = math.prod(row["shape"])
-            entry = counts.setdefault((row["role"], row["optimizer"], row["weight_decay"]), [0, 0])
+            key = (row["role"], row["optimizer"], row["weight_decay"], row["lr_mult"])
+            entry = counts.setdefault(key, [0, 0])
             entry[0], entry[1] = entry[0] + 1, entry[1] + numel
-        for (role, name, decay), (tensors, numel) in counts.items():
-            self.console.print(f"routing: {role:<9} -> {name:<10} weight_decay {decay:<6g} "
+        for (role, name, decay, mult), (tensors, numel) in counts.items():
+            lr = f"  lr x {mult:<6g}" if mult != 1.0 else ""
+            self.console.print(f"routing: {role:<9} -> {name:<10} weight_decay {decay:<6g}{lr} "
                                f"{tensors:>3} tensors {numel:>12,} parameters", highlight=False)
 
     def _save(self, elapsed: float) -> None:

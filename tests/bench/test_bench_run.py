@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -22,9 +23,10 @@ from optbench.bench.worker import work
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def micro_suite(tmp_path: Path, corpus: Path, steps: int = 20, grid=(1e-3, 1e-2), seeds=(0, 1), **execution) -> Path:
+def micro_suite(tmp_path: Path, corpus: Path, steps: int = 20, grid=(1e-3, 1e-2), seeds=(0, 1), name="micro",
+                **execution) -> Path:
     suite = {
-        "name": "micro",
+        "name": name,
         "base": [f"data.source={corpus}", f"data.root={tmp_path / 'prepared'}", "data.num_proc=1",
                  "model=gpt2", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", f"train.steps={steps}",
                  "train.batch_size=4", "train.seq_len=32", "train.device=cpu", "schedule.warmup_steps=2",
@@ -44,11 +46,13 @@ def micro_suite(tmp_path: Path, corpus: Path, steps: int = 20, grid=(1e-3, 1e-2)
     return path
 
 
-def trials(out: Path, url: str | None = None) -> list[optuna.trial.FrozenTrial]:
+def trials(out: Path, url: str | None = None, suite: str = "") -> list[optuna.trial.FrozenTrial]:
+    """Every trial of the bench in `out` (of suite `suite` only, in a database shared with other runs)."""
     url = url or layout.sqlite_url(out)
     found = []
     for summary in optuna.get_all_study_summaries(url):
-        found += optuna.load_study(study_name=summary.study_name, storage=url).get_trials()
+        if summary.study_name.startswith(suite):
+            found += optuna.load_study(study_name=summary.study_name, storage=url).get_trials()
     return found
 
 
@@ -185,3 +189,20 @@ def test_slurm_array_through_submitit(tmp_path, corpus):
     assert sum(ran) == 2 * (2 + 1) and len(jobs) == 2  # per optimizer: 2 grid points, 1 final seed
     assert all(t.state == TrialState.COMPLETE for t in trials(out))
     assert {t.user_attrs["worker"] for t in trials(out)} <= {"slurm-0", "slurm-1"}
+
+
+POSTGRES = os.environ.get("OPTBENCH_TEST_POSTGRES")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set OPTBENCH_TEST_POSTGRES=postgresql://USER:PW@HOST/DB (.ci/run starts "
+                                         "a local PostgreSQL and sets it) to test a shared PostgreSQL study")
+def test_two_workers_share_a_postgresql_study(tmp_path, corpus):
+    name = f"micro-{uuid.uuid4().hex[:8]}"  # studies of earlier runs stay in the database; this run's are its own
+    suite, out, url = launch.prepare(micro_suite(tmp_path, corpus, seeds=(0, 1), name=name), tmp_path / "out",
+                                     POSTGRES)
+    launch.run_local(suite, out, url, workers=2)
+    done = trials(out, url, suite=f"{name}/")
+    assert len(done) == 2 * (2 + 2) and all(t.state == TrialState.COMPLETE for t in done)
+    assert {t.user_attrs["worker"] for t in done} == {"0", "1"}  # both workers pulled from the shared study
+    assert not (out / "study.db").exists()
+

@@ -49,7 +49,8 @@ def test_every_parameter_is_routed_exactly_once():
 def test_routing_table_rows_name_the_optimizer_of_each_parameter():
     rows = optim.routing_table(make_config("sgd"), tiny_lm())
     assert {row["optimizer"] for row in rows} == {"sgd"}
-    assert all(set(row) == {"name", "shape", "role", "optimizer", "weight_decay"} for row in rows)
+    assert all(set(row) == {"name", "shape", "role", "optimizer", "weight_decay", "lr_mult"} for row in rows)
+    assert {row["lr_mult"] for row in rows} == {1.0}  # a standard-parametrised model declares no multipliers
 
 
 class TestHybrid:
@@ -94,3 +95,11 @@ def test_matrix_optimizers_send_everything_but_hidden_matrices_to_the_backup(nam
     rows = optim.routing_table(make_config(name), tiny_lm())
     for row in rows:
         assert (row["optimizer"] == name) == (row["role"] == "matrix"), row
+
+
+def test_depthwise_convolution_filters_are_vectors_not_matrices():
+    """A (channels, 1, width) short-conv kernel is per-channel filters: Muon must not orthogonalise it."""
+    model = torch.nn.Sequential(torch.nn.Conv1d(8, 8, 4, groups=8, bias=False), torch.nn.Conv1d(8, 8, 3, bias=False),
+                                torch.nn.Linear(8, 8, bias=False))
+    roles = {r.name: r.role for r in route(model, make_config("muon"))}
+    assert roles == {"0.weight": "vector", "1.weight": "matrix", "2.weight": "matrix"}

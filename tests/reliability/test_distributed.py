@@ -93,6 +93,5 @@ def test_fsdp_checkpoints_gather_whole_state_and_resume_exactly(tmp_path, tiny_o
 def test_fsdp_refuses_optimizers_that_need_whole_matrices(tmp_path, tiny_overrides):
     done = torchrun([*tiny_overrides, "optim=muon", "train.parallel=fsdp", "train.grad_accum=2"])
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("optbench: error:")]
-    assert len(errors) == 2 and all("optim=muon needs whole tensors on one rank" in e for e in errors)
+    assert done.stderr.count("optbench: error: optim=muon needs whole tensors on one rank") == 2  # each rank
     assert not (tmp_path / "run").exists()

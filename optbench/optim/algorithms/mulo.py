@@ -16,8 +16,15 @@ which port learned_optimization's learned_optimizers/adafac_mlp_lopt.py and the 
 (bentherien/mu_learned_optimization). Published weights: hub repo btherien/mulo (PyLO's default), loaded with
 safetensors.
 
-muP, decided here: PyLO's MuLO needs a model prepared with `mup.set_base_shapes` and reads each parameter's
-infinite dimensions; optbench's routing gives each group a role instead, and we map roles to mup's classes:
+muP, decided here: PyLO's MuLO needs a model prepared with `mup.set_base_shapes` and divides each hidden matrix's
+lr by its width multiplier, the same one the model's MuReadout divides the logits by. On a muP model
+(`model.mup=true`, optbench/models/mup.py) the model plays that part: routing puts its multiplier into each hidden
+matrix's group (`lr_mult` = 1/m, m = n_embd / model.mup_base_width, group lr already divided by m) and muLO uses
+that lr as it is, so the model half (logits / m, 1/sqrt(m) hidden init, 1/d attention) and the optimizer half share
+one m, as in PyLO (its examples/mumlp.py reads the base shapes of a width-64 model); optim.base_width is then
+unused. (Dividing again by fan_in / base_width would scale hidden steps twice.) Routing also multiplies those
+groups' weight decay by m, as mup's MuAdam does, so their decay per step is lr wd. On a standard model, routing gives
+each group only a role, and we map roles to mup's classes:
     matrix     (hidden weights, both dimensions grow with width)  ->  matrix-like: w = fan_in / base_width
     embedding  (token / position tables, a tied head: one dimension grows)
     head       (an untied output projection: one dimension grows)
@@ -26,10 +33,10 @@ base_width (default 1) is the base fan_in; PyLO's examples set every base dimens
 (`set_base_shapes(..., override_base_dim=1)`), so w = fan_in as in the muLO paper's hidden-layer rule. Hidden
 matrices must be 2-D (fan_in = shape[1], nn.Linear's layout); other shapes are refused, as PyLO refuses more than
 2 infinite dimensions. This is the optimizer half of muP. The model half -- the output layer's 1/width
-multiplier (mup's MuReadout), muP initialisation and 1/d attention scaling -- belongs to the model, and
-optbench's models are standard-parametrised: on them muLO runs its muP update rule on an SP network, the
-setting PyLO refuses (its MuLO asserts base shapes). Its meta-generalisation across widths is a claim about muP
-networks and does not carry over to these models; treat muLO here as a learned optimizer with a fixed width rule.
+multiplier (mup's MuReadout), muP initialisation and 1/d attention scaling -- belongs to the model: without
+model.mup, muLO runs its muP update rule on an SP network, the setting PyLO refuses (its MuLO asserts base
+shapes). Its meta-generalisation across widths is a claim about muP networks and does not carry over to SP models;
+there, treat muLO as a learned optimizer with a fixed width rule, and use model.mup=true for muLO as specified.
 
 Deliberate differences from PyLO:
 - Weight decay is applied (decoupled, after the step, as PyLO's VeLO does): PyLO's MuLO accepts weight_decay
@@ -77,7 +84,8 @@ class MuLOConfig(OptimConfig):
     weights: str = MLP.repo_id
     """A directory with config.json + model.safetensors (as the hub repo), or a hub repo id (default: PyLO's)."""
     base_width: float = 1.0
-    """The base fan_in of muP's width multiplier fan_in / base_width for hidden matrices (PyLO's examples: 1)."""
+    """The base fan_in of muP's width multiplier fan_in / base_width for hidden matrices (PyLO's examples: 1);
+    unused on a muP model (model.mup=true), whose own width multiplier routing passes in each group."""
     max_grad_norm: float = 0.0
     """Clip each tensor's gradient to this norm before the update (PyLO's max_grad_norm); 0 disables."""
 
@@ -109,6 +117,14 @@ def width_mult(role: str | None, shape: tuple[int, ...], base_width: float) -> f
     return shape[1] / base_width if role == "matrix" else 1.0
 
 
+def step_lr(group: dict, shape: tuple[int, ...]) -> float:
+    """A parameter's muP-scaled lr: the group's own when the model is muP (routing set `lr_mult` and divided the
+    lr by the model's width multiplier), else the group's lr over muLO's width multiplier fan_in / base_width."""
+    if "lr_mult" in group:
+        return group["lr"]
+    return group["lr"] / width_mult(group.get("role"), shape, group["base_width"])
+
+
 def clip_norm(g: Tensor, max_norm: float) -> Tensor:
     """g scaled to norm max_norm if larger (torch.nn.utils.clip_grad_norm_ on one tensor)."""
     return g * torch.clamp(max_norm / (torch.linalg.vector_norm(g) + 1e-6), max=1.0)
@@ -126,9 +142,9 @@ def mulo_direction(net: MetaMLP, p: Tensor, g: Tensor, state: dict, dims: tuple[
 
 
 class MuLO(torch.optim.Optimizer):
-    """muLO over param groups with keys lr, weight_decay, base_width, max_grad_norm and routing's role
-    (none: no muP scaling). State per parameter: step (int) and PyLO's mom, rms, fac_vec_row, fac_vec_col,
-    fac_vec_v."""
+    """muLO over param groups with keys lr, weight_decay, base_width, max_grad_norm and routing's role (none: no
+    muP scaling) and lr_mult (a muP model's: lr is already scaled). State per parameter: step (int) and PyLO's
+    mom, rms, fac_vec_row, fac_vec_col, fac_vec_v."""
 
     def __init__(self, params, net: MetaMLP, lr: float = 1.0, weight_decay: float = 0.0, base_width: float = 1.0,
                  max_grad_norm: float = 0.0):
@@ -137,7 +153,7 @@ class MuLO(torch.optim.Optimizer):
         for group in self.param_groups:
             names = group.get("names", [None] * len(group["params"]))
             for name, p in zip(names, group["params"]):
-                if group.get("role") == "matrix" and p.dim() != 2:
+                if group.get("role") == "matrix" and "lr_mult" not in group and p.dim() != 2:
                     raise UserError(f"mulo scales hidden matrices by muP's fan_in and needs them 2-D; "
                                     f"{name or 'a matrix parameter'} has shape {tuple(p.shape)}")
                 self.state[p].update(step=0, **F.init_accumulators(p, self._dims(p)))
@@ -165,7 +181,7 @@ class MuLO(torch.optim.Optimizer):
                     g = clip_norm(g, group["max_grad_norm"])
                 update = mulo_direction(self.net, F.as_features(p.detach().float()), g, self.state[p], self._dims(p),
                                         self.decays)
-                lr = group["lr"] / width_mult(group.get("role"), tuple(p.shape), group["base_width"])
+                lr = step_lr(group, tuple(p.shape))
                 p.add_(update.reshape(p.shape).to(p.dtype), alpha=-lr)
                 if group["weight_decay"] > 0:
                     p.add_(p, alpha=-group["weight_decay"] * lr)
