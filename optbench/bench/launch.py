@@ -35,6 +35,8 @@ def prepare(suite_ref: str | Path, out: Path | None, storage: str | None) -> tup
     out = Path(out) if out is not None else layout.default_out(suite.name)
     configs = check_runs(suite)
     check_compatible(suite, out)
+    if storage is not None:
+        open_storage(storage, suite.execution)  # a bad URL fails before OUT is created
     url = storage or layout.sqlite_url(out)
     out.mkdir(parents=True, exist_ok=True)
     open_storage(url, suite.execution)

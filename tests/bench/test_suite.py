@@ -141,3 +141,12 @@ def test_a_matrix_optimizers_backup_is_set_by_dotted_name(tmp_path):
     assert (cfg.optim.backup.lr, cfg.optim.backup.beta2) == (0.004, 0.9)
     with pytest.raises(UserError, match="optimizer muon has no hyperparameter 'backup.beta9'"):
         load_suite(write(tmp_path, optimizers=[{"name": "adamw"}, {"name": "muon", "fixed": {"backup.beta9": 1}}]))
+
+
+def test_an_unusable_storage_url_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "optbench", "bench", str(write(tmp_path)), "--out", str(out),
+                           "--storage", "mysql://nobody@nowhere/db"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("optbench: error: --storage mysql://nobody@nowhere/db: cannot open the study database")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
