@@ -16,6 +16,7 @@ from typing import Any
 from optbench.bench import layout
 from optbench.bench.suite import Suite, load_suite
 from optbench.errors import UserError
+from optbench.train.rundir import read_metrics
 
 MISSING = "missing"
 """The status of a run without a readable summary.json (its worker died before writing one)."""
@@ -105,7 +106,10 @@ def _read_run(path: Path) -> Run | None:
     trial = _read_json(layout.trial_file(path))
     if not isinstance(trial, dict) or "scenario" not in trial or "optimizer" not in trial:
         return None
-    lines = _read_jsonl(path / "metrics.jsonl")
+    try:
+        lines = read_metrics(path)
+    except OSError:
+        lines = []
     return Run(path=path, scenario=str(trial["scenario"]), optimizer=str(trial["optimizer"]),
                hparams=dict(trial.get("hparams") or {}), seed=int(trial.get("seed", -1)),
                phases=tuple(trial.get("phases") or ()),
@@ -120,21 +124,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every decodable line; a worker killed in mid-write leaves a torn last line, which is dropped
-    (train.rundir.read_metrics would raise on it)."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    lines = []
-    for raw in text.splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict):
-            lines.append(line)
-    return lines

@@ -54,11 +54,11 @@ def read_json(path: Path) -> Any:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All lines of a run's metrics.jsonl."""
+    """All records of a run's metrics.jsonl; a line torn by a kill in mid-write (only the last can be) is left out."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for line in path.read_text().splitlines() if (record := _record(line)) is not None]
 
 
 def _git(*args: str) -> str | None:
@@ -100,8 +100,15 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def _step(line: str) -> int | None:
-    """A metrics line's step; None for a line torn by a kill in mid-write (only the last one can be)."""
+    """A metrics line's step; None for a torn line."""
+    record = _record(line)
+    return record.get("step") if record is not None else None
+
+
+def _record(line: str) -> dict | None:
+    """A metrics line as a dict; None for a line torn by a kill in mid-write."""
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(line)
+    except ValueError:
         return None
+    return record if isinstance(record, dict) else None
