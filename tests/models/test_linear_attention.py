@@ -20,6 +20,7 @@ from optbench.models.linear_attention.recurrent import (
     gla_recurrent,
 )
 from optbench.train.rundir import read_metrics
+from tests.models.fitting import fit_repeated_batch
 
 FAMILIES = ("gla", "deltanet", "gated-deltanet")
 OPS = {  # family -> (recurrence, chunked form, kernels entry point)
@@ -198,16 +199,7 @@ def test_flops_per_token_counts_the_chunked_mixing_instead_of_attention():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_trains_and_its_loss_falls(family):
-    model = debug_model(family)
-    batch = torch.randint(0, 64, (4, 33), generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_repeated_batch(debug_model(family), vocab=64, seq=32, lr=3e-3)
     # from ln 64 = 4.16 to about 0.3-0.4 on this memorisable batch; a quarter leaves a wide margin
     assert abs(losses[0] - 4.16) < 0.05 and losses[-1] < 0.25 * losses[0]
 

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import optbench
 from optbench import optim
@@ -19,6 +18,7 @@ from optbench.models.moe_routing import (expert_capacity, expert_choice, load_ba
 from optbench.optim.routing import route
 from optbench.train.checkpoint import CheckpointStore
 from optbench.train.rundir import read_metrics
+from tests.models.fitting import fit_repeated_batch
 
 VOCAB, SEQ = 64, 16
 SHAPE = {"n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -163,16 +163,7 @@ def test_moe_every_and_active_flops():
 
 @pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
 def test_loss_falls_on_a_fixed_batch(routing):
-    model = tiny_moe(routing=routing, n_shared_experts=1)
-    batch = torch.randint(0, VOCAB, (4, SEQ + 1), generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        ce = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
-        opt.zero_grad()
-        (ce + sum(model.auxiliary_losses().values())).backward()
-        opt.step()
-        losses.append(ce.item())
+    losses = fit_repeated_batch(tiny_moe(routing=routing, n_shared_experts=1), VOCAB, SEQ)
     assert abs(losses[0] - math.log(VOCAB)) < 0.3
     assert losses[-1] < 0.3 * losses[0]
 

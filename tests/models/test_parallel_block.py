@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from optbench.models import GPT2, GPT2Config, Llama, LlamaConfig
 from optbench.models.layers import CausalLM
+from tests.models.fitting import fit_repeated_batch
 
 VOCAB, SEQ, WIDTH, LAYERS = 128, 16, 64, 2
 CASES = {"gpt2": ("gpt2", {}), "gpt2-pom": ("gpt2", {"mixer": "pom"}), "llama": ("llama", {})}
@@ -63,15 +63,6 @@ def test_no_second_norm(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_parallel_model_fits_a_repeated_batch(case):
-    model = tiny(case, parallel=True)
-    batch = torch.randint(0, VOCAB, (4, SEQ + 1), generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_repeated_batch(tiny(case, parallel=True), VOCAB, SEQ)
     assert abs(losses[0] - math.log(VOCAB)) < 0.3  # small init: near-uniform logits
     assert losses[-1] < 0.1 * losses[0]

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from optbench.config.schema import ModelConfig
 from optbench.errors import UserError
 from optbench.models import MODELS, GPT2Config, LlamaConfig, build, config_classes, model_vocab_size
 from optbench.models.registry import register
+from tests.models.fitting import fit_repeated_batch
 
 PRESETS = Path(__file__).parents[2] / "optbench" / "configs" / "model"
 
@@ -185,16 +185,6 @@ def test_top_k_one_is_greedy(family):
 
 
 def test_adamw_fits_a_repeated_batch(family):
-    model = debug_model(family)
-    batch = torch.randint(0, VOCAB, (4, SEQ + 1), generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(25):
-        logits = model(batch[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_repeated_batch(debug_model(family), VOCAB, SEQ, steps=25)
     assert abs(losses[0] - torch.log(torch.tensor(128.0)).item()) < 0.3  # small init: near-uniform logits
     assert losses[-1] < 0.5 * losses[0]
