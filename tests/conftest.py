@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.required import missing
+
 # Tests never reach a dataset hub; these make `datasets` and `huggingface_hub` fail fast instead of retrying.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """../shared/data relative to the repository root, holding the offline corpora."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"no offline data folder at {SHARED_DATA}")
+        missing(f"no offline data folder at {SHARED_DATA}")
     return SHARED_DATA
 
 
@@ -24,7 +26,7 @@ def shared_data() -> Path:
 def gpt2_mirror(shared_data) -> Path:
     """A mirror folder holding tokenizers/gpt2.tiktoken, so the GPT-2 tokenizer loads offline."""
     if not (shared_data / "tokenizers" / "gpt2.tiktoken").is_file():
-        pytest.skip(f"no {shared_data / 'tokenizers' / 'gpt2.tiktoken'} for the offline GPT-2 tokenizer")
+        missing(f"no {shared_data / 'tokenizers' / 'gpt2.tiktoken'} for the offline GPT-2 tokenizer")
     return shared_data
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -51,9 +52,19 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def setup_threads(cfg: TrainConfig) -> None:
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+@contextlib.contextmanager
+def threads(cfg: TrainConfig) -> Iterator[None]:
+    """torch's intra-op thread count set to train.threads for the block, then put back: a run inside a
+    longer-lived process (a sweep worker, a notebook, a test session) leaves the process as it found it."""
+    if cfg.threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -51,7 +51,11 @@ class Trainer:
         self.cfg = cfg
         self.observers = tuple(observers)
         self.console = console or Console(stderr=True)
-        hw.setup_threads(cfg.train)
+        with hw.threads(cfg.train):
+            self._build()
+
+    def _build(self) -> None:
+        cfg = self.cfg
         self.world = distributed.from_environment()
         self.device = hw.resolve_device(distributed.init(self.world, cfg.train.device))
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
@@ -122,8 +126,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the step
 
-    def train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm)."""
+    def train_step(self, step: int) -> tuple[float, torch.Tensor]:
+        """Forward and backward over grad_accum micro-batches at the step's learning rates; returns the mean loss
+        and the total gradient norm, before clipping (`clip` applies it once diagnostics have seen the gradients)."""
         cfg = self.cfg.train
         lr_scale = lr_multiplier(step, cfg.steps, self.cfg.schedule)
         for group in self.optimizer.param_groups:
@@ -142,10 +147,14 @@ class Trainer:
             total_loss += ce.detach()  # the logged loss is the cross-entropy alone, comparable across models
         self.model_metrics = {**{k: v.detach() for k, v in aux.items()}, **self.model.forward_stats()}
         self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = distributed.as_float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         loss_sum = distributed.sum_(self.world, [total_loss.item()], self.device)[0]
         return loss_sum / self.world.size, grad_norm
+
+    def clip(self, grad_norm: torch.Tensor) -> None:
+        """Scale the gradients to a total norm of at most train.grad_clip (0: no clipping)."""
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, grad_norm)
 
     def _apply_update(self) -> None:
         self.scaler.step(self.optimizer)
@@ -208,6 +217,10 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) to train.steps; write the run directory; return the summary."""
+        with hw.threads(self.cfg.train):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         distributed.barrier(self.world)  # every rank has checked the run directory before rank 0 writes
         if self.resume_from is not None:
@@ -237,7 +250,8 @@ class Trainer:
                 if self.step == 0 and cfg.eval.every > 0:
                     emit({"kind": "eval", **self._eval_record()})
                 while self.step < cfg.train.steps:
-                    loss, grad_norm = self.train_step(self.step)
+                    loss, norm = self.train_step(self.step)
+                    grad_norm = distributed.as_float(norm)
                     spike = self.spikes(grad_norm)
                     is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
                     before = diagnostics.snapshot(self.params) if is_log else None
@@ -247,6 +261,7 @@ class Trainer:
                               "grad_norm": grad_norm})
                         break
                     grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
+                    self.clip(norm)
                     self.hooks.before_step(loss)
                     self._apply_update()
                     self.step += 1

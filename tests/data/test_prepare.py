@@ -15,6 +15,7 @@ from optbench.data import RECIPES, list_prepared, load, make_tokenizer, prepare
 from optbench.data import sources
 from optbench.data.tokenizers import CharTokenizer
 from optbench.errors import UserError
+from tests.required import missing
 
 # The package re-exports the function `prepare`, which hides the module of the same name.
 prepare_module = importlib.import_module("optbench.data.prepare")
@@ -144,7 +145,7 @@ def test_recipe_prepares_from_local_files(name, tmp_path, data_cfg, request):
 
 def test_shakespeare_char_from_mirror_matches_nanogpt(shared_data, data_cfg):
     if not (shared_data / "tinyshakespeare" / "input.txt").is_file():
-        pytest.skip("no tinyshakespeare/input.txt in the offline data folder")
+        missing("no tinyshakespeare/input.txt in the offline data folder")
     prepared = load(data_cfg(name="shakespeare-char", mirror=str(shared_data), num_proc=None), progress=False)
     assert prepared.dir.name == "shakespeare-char"
     assert prepared.vocab_size == 65 and prepared.meta["source"].startswith("mirror ")
@@ -337,7 +338,7 @@ def test_no_network_and_no_mirror(name, data_cfg, monkeypatch):
 
 def test_mirror_without_train_split_falls_back_to_the_hub(shared_data, data_cfg, monkeypatch):
     if not (shared_data / "wikitext-2" / "valid.txt").is_file():
-        pytest.skip("no wikitext-2 in the offline data folder")
+        missing("no wikitext-2 in the offline data folder")
     monkeypatch.setattr(sources, "load_hub", offline_hub)
     message = one_line_error(lambda: load(data_cfg(name="wikitext-2", mirror=str(shared_data))))
     assert "needs network" in message and "has no train split" in message

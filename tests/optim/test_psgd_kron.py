@@ -17,10 +17,11 @@ from tests.optim.harness import compare_with_reference, matrix_model, regression
 
 
 @pytest.fixture
-def eager_kron_torch(monkeypatch):
+def eager_kron_torch():
     """kron_torch wraps its kernels in torch.compile at import; compiled code draws its random numbers from
     Inductor's own generator (not the global one) and needs a C++ toolchain. The reference runs eagerly."""
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    with torch._dynamo.config.patch(disable=True):  # restores the flag's own value, not a monkeypatched copy
+        yield
 
 
 class _EveryHundredthUpdate:

@@ -30,6 +30,8 @@ KILLED = {  # optimizer -> extra overrides; Schedule-Free's averaged point and P
 
 
 def start(overrides: list[str]) -> subprocess.Popen:
+    """The same command in a process of its own; the overrides' train.threads=1 keeps its sums in the order of
+    the in-process runs it is compared with."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "optbench", "train", *overrides], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -51,7 +53,7 @@ def final_parameters(run_dir) -> dict[str, torch.Tensor]:
 
 
 def test_sigterm_checkpoints_and_the_requeued_run_continues_exactly(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "train.steps=400", "run.log_every=1", "eval.every=100"]
+    overrides = [*tiny_overrides, "train.threads=1", "train.steps=400", "run.log_every=1", "eval.every=100"]
     straight = optbench.train([*overrides, f"run.dir={tmp_path / 'straight'}"])
     run = tmp_path / "run"
     proc = start([*overrides, f"run.dir={run}"])
@@ -70,7 +72,7 @@ def test_sigterm_checkpoints_and_the_requeued_run_continues_exactly(tmp_path, ti
 
 @pytest.mark.parametrize("name", KILLED)
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(name, tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, f"optim={name}", *KILLED[name], "train.steps=60", "run.log_every=1",
+    overrides = [*tiny_overrides, "train.threads=1", f"optim={name}", *KILLED[name], "train.steps=60", "run.log_every=1",
                  "run.ckpt_every=1", "eval.every=20"]
     kill_at = random.Random(name).randint(5, 40)
     optbench.train([*overrides, f"run.dir={tmp_path / 'straight'}"])

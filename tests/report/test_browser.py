@@ -7,10 +7,15 @@ import pytest
 
 from optbench.report import write_report
 from tests.report import browser
+from tests.required import missing
 from tests.report.synthetic import power_law_bench
 
-pytestmark = pytest.mark.skipif(browser.chromium() is None,
-                                reason="chromium is not installed (Debian: apt-get install chromium)")
+
+
+@pytest.fixture(autouse=True)
+def chromium():
+    if browser.chromium() is None:
+        missing("chromium is not installed (Debian: apt-get install chromium)")
 
 
 def test_report_renders_in_chromium(tmp_path):

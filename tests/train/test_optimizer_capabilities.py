@@ -4,13 +4,17 @@ with these optimizers resume from an interrupt to the same result as an uninterr
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import optbench
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 from optbench.optim.algorithms.sophia import SophiaG
+from optbench.optim.registry import Capabilities
+from optbench.train.optimizer_hooks import OptimizerHooks
 from optbench.train.checkpoint import CheckpointStore
 from optbench.train.rundir import read_metrics
 from optbench.train.trainer import Trainer
+from tests.optim.harness import lm_batches, tiny_lm
 
 SCHEDULE_FREE = ["optim=sf-adamw", "schedule=constant", "optim.lr=0.01"]
 SOPHIA = ["optim=sophiag", "optim.lr=1e-3"]  # B comes from the Hessian pass: 4 x 32 tokens
@@ -89,3 +93,33 @@ RESUMABLE = {
 @pytest.mark.parametrize("name", list(RESUMABLE))
 def test_interrupt_then_resume_matches_an_uninterrupted_run(name, tmp_path, tiny_overrides, monkeypatch):
     assert_interrupted_run_resumes_exactly(tmp_path, [*tiny_overrides, *RESUMABLE[name]], monkeypatch)
+
+
+class _RecordsHessianGrads(torch.optim.SGD):
+    """Stands in for Sophia: keeps the gradients it is handed at the Hessian pass."""
+
+    hessian_every = 1
+
+    def update_hessian(self, batch_tokens=None):
+        self.seen = [p.grad.clone() for p in self.param_groups[0]["params"]]
+        self.batch_tokens = batch_tokens
+
+
+def test_the_hessian_pass_backpropagates_labels_sampled_from_the_models_own_predictions():
+    """Sophia-G's estimator (Liu et al. 2023, Alg. 2): the gradient handed to update_hessian is that of the
+    cross-entropy against labels drawn from softmax(logits), not the data's labels; training gradients are gone
+    before and after."""
+    model = tiny_lm()
+    x, y = lm_batches(1)[0]
+    opt = _RecordsHessianGrads(model.parameters(), lr=0.0)
+    F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()  # a training gradient left behind
+    OptimizerHooks(opt, Capabilities(hessian_pass=True)).hessian_pass(lambda: model(x), torch.Generator().manual_seed(3))
+    assert all(p.grad is None for p in model.parameters())
+    assert opt.batch_tokens == x.numel()
+
+    logits = model(x).flatten(0, 1)
+    sampled = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(sampled.view(-1), y.flatten()), "the draw must differ from the data's labels"
+    expected = torch.autograd.grad(F.cross_entropy(logits, sampled.view(-1)), list(model.parameters()))
+    for seen, want in zip(opt.seen, expected):
+        torch.testing.assert_close(seen, want, rtol=1e-6, atol=1e-8)

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import optbench
 from optbench.train.rundir import read_metrics
@@ -63,3 +64,21 @@ def test_bad_prompt_fails_before_the_run_directory_exists(tmp_path, tiny_overrid
     with pytest.raises(optbench.errors.UserError, match="eval.prompt"):
         optbench.train([*tiny_overrides, "eval.prompt=§"])
     assert not (tmp_path / "run").exists()
+
+
+def test_train_threads_applies_to_the_run_and_is_put_back(tmp_path, tiny_overrides, monkeypatch):
+    """A run in a longer-lived process (a sweep worker, a test session) leaves torch's thread count as it was,
+    whether it completes or its config is refused."""
+    from optbench.train.trainer import Trainer
+
+    seen = []
+    real_step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, step: (seen.append(torch.get_num_threads()),
+                                                                    real_step(self, step))[1])
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    optbench.train([*tiny_overrides, f"train.threads={wanted}", "train.steps=3"])
+    assert set(seen) == {wanted} and torch.get_num_threads() == before
+    with pytest.raises(optbench.errors.UserError):
+        optbench.train([*tiny_overrides, f"train.threads={wanted}", "eval.prompt=§", f"run.dir={tmp_path / 'x'}"])
+    assert torch.get_num_threads() == before
