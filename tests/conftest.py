@@ -1,6 +1,7 @@
 """Shared fixtures: the offline data folder (../shared/data), data configs in tmp_path, a tiny training run."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores for torch, so two workers on two cores do not
+    run four threads. This is the worker process's own setting, made once before any test."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture
@@ -76,3 +87,29 @@ def tiny_overrides(tmp_path, corpus):
             "train.steps=30", "train.batch_size=4", "train.seq_len=32", "train.device=cpu",
             "schedule.warmup_steps=5", "eval.every=10", "eval.batches=2", "eval.sample_tokens=16",
             "run.log_every=5", "run.progress=false", f"run.dir={tmp_path / 'run'}"]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Runs `optbench ARGS...` in this process (from tmp_path), as the console script would: the exit code
+    (argparse's SystemExit included) and what it printed. Only a smoke test or two start a real process."""
+    from optbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+    return run

@@ -1,4 +1,7 @@
-"""The command line: bad input exits 2 with one line and leaves nothing behind; commands work."""
+"""The command line: bad input exits 2 with one line and leaves nothing behind; commands work.
+
+In-process through the `cli` fixture, except one real `python -m optbench` smoke test of the entry point.
+"""
 
 import subprocess
 import sys
@@ -21,16 +24,17 @@ def optbench(*args, cwd=None):
     (["data", "prepare", "tinystory"], "unknown data 'tinystory'; valid: tinystories"),
     (["sample", "run.dir=/no/such/run"], "run.dir=/no/such/run"),
 ])
-def test_bad_input_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, args, needle):
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run_directory(tmp_path, cli, args, needle):
     extra = [f"run.dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}"] if args[0] == "train" else []
-    result = optbench(*args, *extra, cwd=tmp_path)
+    result = cli(*args, *extra)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert needle in result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
-def test_train_then_sample(tmp_path, tiny_overrides):
+@pytest.mark.xdist_group("processes")
+def test_train_then_sample_in_real_processes(tmp_path, tiny_overrides):
     result = optbench("train", *tiny_overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "completed: final val loss" in result.stdout and str(tmp_path / "run") in result.stdout
@@ -40,8 +44,8 @@ def test_train_then_sample(tmp_path, tiny_overrides):
     assert sampled.stdout.startswith("the quick") and len(sampled.stdout.rstrip("\n")) == len("the quick") + 20
 
 
-def test_print_config_shows_the_resolved_config(tmp_path):
-    result = optbench("train", "model=llama", "optim.lr=0.003", "--print-config", cwd=tmp_path)
+def test_print_config_shows_the_resolved_config(tmp_path, cli):
+    result = cli("train", "model=llama", "optim.lr=0.003", "--print-config")
     assert result.returncode == 0, result.stderr
     assert "name: llama" in result.stdout and "lr: 0.003" in result.stdout
     assert not (tmp_path / "runs").exists()
@@ -52,7 +56,7 @@ def test_print_config_shows_the_resolved_config(tmp_path):
     (["model", "list"], "gpt2-124m"),
     (["data", "list"], "fineweb-edu"),
 ])
-def test_list_commands(tmp_path, args, needle):
-    result = optbench(*args, cwd=tmp_path)
+def test_list_commands(cli, args, needle):
+    result = cli(*args)
     assert result.returncode == 0, result.stderr
     assert needle in result.stdout

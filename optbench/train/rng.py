@@ -6,7 +6,9 @@ reads them back; CUDA states are per device, and each rank saves its own (see ch
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """The caller's random streams (python, numpy, torch) put back after the block: a run draws from streams it
+    seeds itself, and leaves those of the process around it (a notebook, a sweep worker, a test session) as
+    they were."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def _as_tuples(obj):

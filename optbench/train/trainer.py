@@ -32,7 +32,7 @@ from optbench.train import checkpoint, device as hw, diagnostics, distributed, r
 from optbench.train.averaging import WeightAverage
 from optbench.train.optimizer_hooks import OptimizerHooks
 from optbench.train.preemption import StopRequest
-from optbench.train.rng import rng_state, set_rng_state
+from optbench.train.rng import isolated_rng, rng_state, set_rng_state
 from optbench.train.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
 from optbench.train.schedules import lr_multiplier
 from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
@@ -51,8 +51,11 @@ class Trainer:
         self.cfg = cfg
         self.observers = tuple(observers)
         self.console = console or Console(stderr=True)
-        with hw.threads(cfg.train):
+        # The run's random streams are its own: seeded here, carried from construction into train(), and kept
+        # apart from the caller's, as the thread count is.
+        with hw.threads(cfg.train), isolated_rng():
             self._build()
+            self.rng = rng_state()
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -217,7 +220,8 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Run (or resume) to train.steps; write the run directory; return the summary."""
-        with hw.threads(self.cfg.train):
+        with hw.threads(self.cfg.train), isolated_rng():
+            set_rng_state(self.rng)
             return self._run()
 
     def _run(self) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -81,22 +79,20 @@ def test_run_key_is_a_pure_function_of_hyperparameters_and_seed():
     assert run_key({"lr": 0.1}, 3).startswith("seed3-")
 
 
-def test_cli_bad_suite_exits_2_in_one_line_and_writes_nothing(tmp_path):
+def test_cli_bad_suite_exits_2_in_one_line_and_writes_nothing(tmp_path, cli):
     path = write(tmp_path, optimizers=[{"name": "adamw", "fixed": {"beta9": 0.9}}])
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "optbench", "bench", str(path), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = cli("bench", str(path), "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "optbench: error: optimizer adamw has no hyperparameter 'beta9'; valid: beta2, beta1"]
     assert not out.exists()
 
 
-def test_a_bad_value_in_a_scenario_fails_before_anything_is_written(tmp_path):
+def test_a_bad_value_in_a_scenario_fails_before_anything_is_written(tmp_path, cli):
     path = write(tmp_path, scenarios=[{"name": "a", "overrides": {"train.batch_size": -1}}])
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "optbench", "bench", str(path), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = cli("bench", str(path), "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "optbench: error: train.batch_size=-1 must be positive"
     assert not out.exists()
@@ -143,10 +139,9 @@ def test_a_matrix_optimizers_backup_is_set_by_dotted_name(tmp_path):
         load_suite(write(tmp_path, optimizers=[{"name": "adamw"}, {"name": "muon", "fixed": {"backup.beta9": 1}}]))
 
 
-def test_an_unusable_storage_url_fails_before_anything_is_written(tmp_path):
+def test_an_unusable_storage_url_fails_before_anything_is_written(tmp_path, cli):
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "optbench", "bench", str(write(tmp_path)), "--out", str(out),
-                           "--storage", "mysql://nobody@nowhere/db"], capture_output=True, text=True, timeout=120)
+    proc = cli("bench", str(write(tmp_path)), "--out", str(out), "--storage", "mysql://nobody@nowhere/db")
     assert proc.returncode == 2
     assert proc.stderr.startswith("optbench: error: --storage mysql://nobody@nowhere/db: cannot open the study database")
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

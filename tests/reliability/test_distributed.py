@@ -17,6 +17,9 @@ import optbench
 from optbench.train.checkpoint import CheckpointStore
 from optbench.train.rundir import read_json, read_metrics
 
+# Real processes (torchrun ranks, killed runs): one at a time on one xdist worker, and not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
+
 CASES = {
     "adamw": [],
     "muon": [],

@@ -20,6 +20,9 @@ from optbench.train.checkpoint import CheckpointStore
 from optbench.train.rundir import read_json, read_metrics
 from tests.train.resume import strip_timing
 
+# Real processes (torchrun ranks, killed runs): one at a time on one xdist worker, and not in the quick loop.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
+
 KILLED = {  # optimizer -> extra overrides; Schedule-Free's averaged point and Prodigy's d are state too
     "adamw": [],
     "muon": [],

@@ -82,3 +82,16 @@ def test_train_threads_applies_to_the_run_and_is_put_back(tmp_path, tiny_overrid
     with pytest.raises(optbench.errors.UserError):
         optbench.train([*tiny_overrides, f"train.threads={wanted}", "eval.prompt=§", f"run.dir={tmp_path / 'x'}"])
     assert torch.get_num_threads() == before
+
+
+def test_a_run_leaves_the_callers_random_streams_as_they_were(tmp_path, tiny_overrides):
+    """The run seeds and draws from its own streams (model init, dropout); the caller's continue untouched."""
+    import random
+
+    import numpy as np
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    optbench.train([*tiny_overrides, "train.steps=3", "model.dropout=0.1"])
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(2), expected[2])

@@ -6,7 +6,8 @@ gradient norm, the final weights and their average:
 
 - data order: micro-batch `m` of step `s` is the windows starting at default_rng([data_seed, s, m]) offsets;
 - gradient accumulation: each micro-batch's loss is divided by their number; the logged loss is their mean;
-- clipping: the total gradient norm (logged before clipping) is scaled down to train.grad_clip;
+- clipping: the total gradient norm is scaled down to train.grad_clip; the logged norm and largest entry are
+  the gradient's before clipping (a spike must show in full, not damped by the clip);
 - the schedule: linear warmup (s + 1) / (W + 1), then cosine to final_lr_frac, applied to each group;
 - weight decay: matrices decay, norm gains and biases never do, embeddings as optim.decay_embeddings says;
 - EMA: the first update copies the weights, later ones blend with the decay.
@@ -82,7 +83,7 @@ CASES = {
 
 
 def replay(case: dict, initial: dict, tokens: np.ndarray, model: torch.nn.Module):
-    """The loop itself: returns per-step (loss, grad norm), the final weights and the EMA of the weights."""
+    """The loop itself: per-step (loss, grad norm, largest |grad|), the final weights and the EMA of the weights."""
     model.load_state_dict(initial)
     groups = gpt2_groups(model, case["decay"], case["decay_embeddings"])
     opt = case["optimizer"](groups)
@@ -99,10 +100,11 @@ def replay(case: dict, initial: dict, tokens: np.ndarray, model: torch.nn.Module
             loss += ce.item()
         grads = [p.grad for p in model.parameters()]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        largest = max(g.abs().max().item() for g in grads)
         if norm > case["clip"]:
             for g in grads:
                 g.mul_(case["clip"] / (norm + 1e-6))  # torch's clip_grad_norm_ coefficient
-        logged.append((loss, norm.item()))
+        logged.append((loss, norm.item(), largest))
         opt.step()
         opt.zero_grad(set_to_none=True)
         if case["ema"] is not None:
@@ -132,12 +134,13 @@ def test_the_trainer_computes_what_the_written_out_loop_computes(name, tmp_path,
 
     records = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    clipped = sum(norm > case["clip"] for _, norm in logged)
+    clipped = sum(norm > case["clip"] for _, norm, _ in logged)
     assert 0 < clipped, "the case must make clipping bind"
-    for r, (loss, norm) in zip(records, logged):
+    for r, (loss, norm, largest) in zip(records, logged):
         # Same ops in the same order: agreement to float32 rounding of the summed micro-batch losses.
         assert r["loss"] == pytest.approx(loss, rel=1e-6), f"step {r['step']} loss"
         assert r["grad_norm"] == pytest.approx(norm, rel=1e-5), f"step {r['step']} grad norm (before clipping)"
+        assert r["grad_max"] == pytest.approx(largest, rel=1e-6), f"step {r['step']} largest |grad| (before clipping)"
         assert r["lr"] == pytest.approx(case["optimizer"]([torch.zeros(1)]).defaults["lr"] * lr_at(r["step"] - 1))
 
     ckpt = CheckpointStore(tmp_path / "run" / "checkpoints").latest()[1]
