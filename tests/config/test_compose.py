@@ -64,3 +64,47 @@ def test_config_yaml_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(to_yaml(cfg))
     assert load_yaml(path) == cfg
+
+
+def _equivalence_cases() -> list[list[str]]:
+    """Override lists of every shape the commands and suites pass: presets, experiments, nested keys, lists,
+    null, quoted strings, and each shipped suite's runs (every optimizer of its first scenario, the baseline of
+    every other one)."""
+    from optbench.bench.suite import SUITES_DIR, load_suite, run_overrides
+
+    cases = [[], ["model=llama", "data=wikitext-2", "optim.lr=3e-3", "run.dir=runs/demo"],
+             ["experiment=nanogpt-shakespeare", "train.steps=7"], ["model=gpt2-124m", "schedule=wsd"],
+             ["optim=muon", "optim.backup.lr=3e-3", "optim.backup.weight_decay=0"],
+             ["optim=sgd", "optim.nesterov=false", "eval.at_steps=[3,5]", "train.threads=null"],
+             ["eval.prompt='ROMEO: hi'", "optim.lr=1e-3", "optim=adamw", "model.n_layer=2"]]
+    for path in sorted(SUITES_DIR.glob("*.yaml")):
+        suite = load_suite(path)
+        first, *rest = suite.scenarios
+        cases += [run_overrides(suite, first, entry, {}, 3) for entry in suite.optimizers]
+        cases += [run_overrides(suite, s, suite.optimizer(suite.baseline), {}, 3) for s in rest]
+    return cases
+
+
+def test_the_cached_path_composes_what_hydra_composes():
+    """compose_dict sets `key=value` overrides on a cached tree of the group choices; the result must be the tree
+    Hydra composes from the whole command, for every kind of override the commands and suites use."""
+    from omegaconf import OmegaConf
+
+    from optbench.config.compose import _compose_from_cached_choices, _hydra_compose
+
+    cases = _equivalence_cases()
+    assert len(cases) > 40
+    for overrides in cases:
+        fast = _compose_from_cached_choices(tuple(overrides))
+        assert fast is not None, f"{overrides} left the cached path"
+        assert OmegaConf.to_container(fast) == OmegaConf.to_container(_hydra_compose(tuple(overrides))), overrides
+
+
+@pytest.mark.parametrize("overrides", [["+train.extra=1"], ["~eval"], ["optim.lr=1,2"], ["train.steps=abc"],
+                                       ["train.stpes=3"], ["optim=sgd", "optim.beta2=0.9"]])
+def test_anything_else_takes_hydras_own_path(overrides):
+    """Additions, deletions, sweeps and every error go through Hydra itself, so users see its checks and our
+    one-line rewording of its messages."""
+    from optbench.config.compose import _compose_from_cached_choices
+
+    assert _compose_from_cached_choices(tuple(overrides)) is None
