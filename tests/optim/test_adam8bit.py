@@ -9,8 +9,8 @@ from optbench.optim.algorithms.adam8bit import BlockwiseAdamW8bit
 from optbench.optim.memory import state_bytes
 from optbench.optim.functional.quantization import dequantize_blockwise, dynamic_map, quantize_blockwise
 from optbench.optim.registry import build_for, make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import lm_batches, lm_loss, tiny_lm, train
+from optbench.optim.routing import route
+from tests.optim.harness import lm_batches, lm_loss, reference_groups, tiny_lm, train
 
 HP = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
 
@@ -20,7 +20,7 @@ def _ours(model):
 
 
 def _groups(model):
-    return groups_by_role(route(model, make_config("adam8bit", **HP)))
+    return reference_groups(model, HP["weight_decay"])
 
 
 def test_code_maps_match_bitsandbytes_and_torchao():

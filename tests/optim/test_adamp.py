@@ -12,20 +12,14 @@ from torch import nn
 from optbench import optim
 from optbench.optim.algorithms import adamp
 from optbench.optim.registry import make_config
-from tests.optim.harness import compare_with_reference, regression_batches, regression_loss
+from tests.optim.harness import (KEY_BIASES, compare_with_reference, reference_groups, regression_batches,
+                                 regression_loss)
 
 HP = dict(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, delta=0.1, wd_ratio=0.1)
 
 
-def decay_by_dim(model, weight_decay):
-    """nanoGPT's grouping, independent of our routing: tensors of >= 2 dims decay, vectors don't."""
-    params = list(model.parameters())
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-
-
 def reference(model, hp, nesterov=False):
-    return ReferenceAdamP(decay_by_dim(model, hp["weight_decay"]), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+    return ReferenceAdamP(reference_groups(model, hp["weight_decay"]), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                           eps=hp["eps"], weight_decay=hp["weight_decay"], delta=hp["delta"],
                           wd_ratio=hp["wd_ratio"], nesterov=nesterov)
 
@@ -92,11 +86,12 @@ def test_matches_adamp_on_scale_invariant_weights(nesterov, projections):
 
 
 def test_matches_adamp_on_the_tiny_lm():
-    # As shipped: every entry within 1.2e-7 over 20 steps except the attention key biases, whose exact
-    # gradient is zero (softmax ignores them): there, as above, normalised rounding noise, up to 5e-5 apart
-    # (1/60 of one lr=3e-3 step). atol 1e-4; the bit-identical test above covers the arithmetic exactly.
+    # As shipped: every entry within 1.2e-7 over 20 steps (default tolerances) except the attention key biases,
+    # whose exact gradient is zero (KEY_BIASES): there, as above, normalised rounding noise, measured 3.7e-5
+    # apart (1/80 of one lr=3e-3 step): atol 1e-4 on those two tensors only. The bit-identical test above
+    # covers the arithmetic exactly.
     compare_with_reference(lambda m: optim.create("adamp", m, **HP), lambda m: reference(m, HP), steps=20,
-                           atol=1e-4)
+                           tolerances={name: dict(atol=1e-4) for name in KEY_BIASES})
 
 
 def test_defaults_match_the_package():

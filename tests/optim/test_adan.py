@@ -7,15 +7,9 @@ from pytorch_optimizer import Adan as ReferenceAdan
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference
+from tests.optim.harness import compare_with_reference, reference_groups
 
 HP = dict(lr=1e-2, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8, weight_decay=0.1)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("adan", **hparams)))]
 
 
 @pytest.mark.parametrize("no_prox, max_grad_norm", [(False, 0.0), (True, 0.0), (False, 0.5)])
@@ -26,8 +20,9 @@ def test_matches_pytorch_optimizer_step_by_step(no_prox, max_grad_norm):
     hp = dict(HP, no_prox=no_prox, max_grad_norm=max_grad_norm)
     compare_with_reference(
         lambda m: optim.create("adan", m, **hp),
-        lambda m: ReferenceAdan(reference_groups(m, **hp), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"], HP["beta3"]),
-                                eps=HP["eps"], weight_decouple=no_prox, max_grad_norm=max_grad_norm),
+        lambda m: ReferenceAdan(reference_groups(m, HP["weight_decay"]), lr=HP["lr"],
+                                betas=(HP["beta1"], HP["beta2"], HP["beta3"]), eps=HP["eps"], weight_decouple=no_prox,
+                                max_grad_norm=max_grad_norm),
         steps=20)
 
 

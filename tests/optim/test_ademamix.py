@@ -7,16 +7,9 @@ from pytorch_optimizer import AdEMAMix as ReferenceAdEMAMix
 
 from optbench import optim
 from optbench.optim.algorithms.ademamix import alpha_schedule, beta3_schedule
-from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches, tiny_lm, train
+from tests.optim.harness import compare_with_reference, lm_batches, reference_groups, tiny_lm, train
 
 HP = dict(lr=2e-3, beta1=0.9, beta2=0.99, beta3=0.999, alpha=5.0, eps=1e-8, weight_decay=0.1)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("ademamix", **hparams)))]
 
 
 @pytest.mark.parametrize("warmup", [12, 0])
@@ -26,7 +19,7 @@ def test_matches_pytorch_optimizer_step_by_step(warmup):
     hp = dict(HP, alpha_warmup=warmup, beta3_warmup=warmup)
     compare_with_reference(
         lambda m: optim.create("ademamix", m, **hp),
-        lambda m: ReferenceAdEMAMix(reference_groups(m, **hp), lr=HP["lr"],
+        lambda m: ReferenceAdEMAMix(reference_groups(m, HP["weight_decay"]), lr=HP["lr"],
                                     betas=(HP["beta1"], HP["beta2"], HP["beta3"]), alpha=HP["alpha"],
                                     t_alpha_beta3=warmup or None, eps=HP["eps"], weight_decouple=True),
         steps=20)

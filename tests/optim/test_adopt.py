@@ -6,34 +6,28 @@ from adopt import ADOPT as ReferenceADOPT
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("adopt", **hparams)))]
+from tests.optim.harness import compare_with_reference, reference_groups
 
 
 @pytest.mark.parametrize("decouple", [True, False])
 def test_matches_torch_adopt_step_by_step(decouple):
     # beta2 0.99 rather than 0.9999 so that v moves visibly within 20 steps. The one arithmetic difference,
     # decoupled decay as p * (1 - lr wd) here vs p + p * (-lr wd) there, rounds differently by an ulp and
-    # reaches every parameter through the gradients: atol 1e-6 (a 3e-4 fraction of one lr=3e-3 step) for
-    # entries that pass near zero, where rtol 1e-5 means nothing.
+    # reaches every parameter through the gradients: measured <= 9.7e-8 (the attention biases) and
+    # 4.9e-8 elsewhere on entries near zero, where rtol 1e-5 means nothing: atol 3e-7 (1e-4 of one lr=3e-3 step).
     hp = dict(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-6, weight_decay=0.1, decouple=decouple)
     compare_with_reference(
         lambda m: optim.create("adopt", m, **hp),
-        lambda m: ReferenceADOPT(reference_groups(m, **hp), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+        lambda m: ReferenceADOPT(reference_groups(m, hp["weight_decay"]), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                  eps=hp["eps"], weight_decay=hp["weight_decay"], decouple=decouple),
-        steps=20, atol=1e-6)
+        steps=20, atol=3e-7)
 
 
 def test_unclipped_matches_the_reference_without_clip_lambda():
     hp = dict(lr=1e-3, beta2=0.999, clip_exponent=None)
     compare_with_reference(
         lambda m: optim.create("adopt", m, **hp),
-        lambda m: ReferenceADOPT(reference_groups(m, **hp), lr=hp["lr"], betas=(0.9, hp["beta2"]),
+        lambda m: ReferenceADOPT(reference_groups(m, 0.0), lr=hp["lr"], betas=(0.9, hp["beta2"]),
                                  clip_lambda=None, decouple=True),
         steps=20)
 

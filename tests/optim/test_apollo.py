@@ -17,9 +17,8 @@ from optbench import optim
 from optbench.optim.algorithms.apollo import limit_norm_growth_
 from optbench.optim.functional.low_rank import projection_seed, projection_side, random_projection
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
 from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, matrix_model,
-                                 regression_batches, regression_loss)
+                                 reference_groups, regression_batches, regression_loss)
 from tests.optim.test_galore import ReferenceGaLoreAdamW, bytes_per_param_124m
 
 
@@ -141,7 +140,7 @@ def test_unprojected_parameters_take_galore_torchs_adamw_steps():
     hp = dict(weight_decay=0.1)
 
     def groups(model):
-        return [dict(g, role="vector") for g in groups_by_role(route(model, make_config("apollo", **hp)))]
+        return reference_groups(model, hp["weight_decay"], role="vector")
 
     compare_with_reference(
         lambda m: optim.get("apollo").build(groups(m), make_config("apollo", **hp)),

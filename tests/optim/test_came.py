@@ -7,33 +7,26 @@ from came_pytorch import CAME as ReferenceCAME
 from optbench import optim
 from optbench.optim.functional.factored import factored_rsqrt
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches
+from tests.optim.harness import compare_with_reference, lm_batches, reference_groups
 
 HP = dict(lr=2e-3, beta1=0.9, beta2=0.99, beta3=0.999, eps1=1e-30, eps2=1e-16, clip_threshold=1.0,
           weight_decay=0.1)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("came", **hparams)))]
 
 
 def test_matches_came_pytorch_step_by_step():
     # 30 steps, lr 10x the README's so that the tiny LM moves; every matrix, embedding and head decays.
     compare_with_reference(
         lambda m: optim.create("came", m, **HP),
-        lambda m: ReferenceCAME(reference_groups(m, **HP), lr=HP["lr"], eps=(HP["eps1"], HP["eps2"]),
+        lambda m: ReferenceCAME(reference_groups(m, HP["weight_decay"]), lr=HP["lr"], eps=(HP["eps1"], HP["eps2"]),
                                 clip_threshold=HP["clip_threshold"],
                                 betas=(HP["beta1"], HP["beta2"], HP["beta3"])),
         steps=30, batches=lm_batches(30))
 
 
 def test_matches_came_pytorch_at_its_readme_defaults():
-    hp = dict(lr=2e-4, weight_decay=1e-2)
     compare_with_reference(
         lambda m: optim.create("came", m),
-        lambda m: ReferenceCAME(reference_groups(m, **hp), lr=2e-4, eps=(1e-30, 1e-16),
+        lambda m: ReferenceCAME(reference_groups(m, 1e-2), lr=2e-4, eps=(1e-30, 1e-16),
                                 betas=(0.9, 0.999, 0.9999)),
         steps=20)
 

@@ -8,7 +8,8 @@ tensor, the authors' original normalisation):
   with torch's eps placement (sqrt(v / (1 - beta2^t)) + eps). Its AdamP(cautious=True) is not used: it puts eps
   before the bias correction and projects scale-invariant weights.
 - C-Lion: `Lion(cautious=True)`: decoupled decay p (1 - lr wd), sign(lerp(m, g, 1 - beta1)) masked, m updated.
-Both agree with ours to the last bit here (max observed difference 0 over 25 steps); default tolerances.
+Both agree with ours to the last bit here (max observed difference 0 over 25 steps, elementwise arithmetic in the
+same order): compared with rtol = atol = 0.
 """
 
 import math
@@ -23,44 +24,42 @@ from optbench.optim.algorithms.cautious_adamw import CautiousAdamW
 from optbench.optim.algorithms.lion import Lion, LionConfig
 from optbench.optim.functional.cautious import alignment_masks, cautious_
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches, through_disk, tiny_lm, train
+from tests.optim.harness import compare_with_reference, lm_batches, reference_groups, through_disk, tiny_lm, train
 
 ADAMW_HP = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
 LION_HP = dict(lr=3e-4, beta1=0.9, beta2=0.95, weight_decay=0.5)
 
 
-def reference_groups(model, name, **hparams):
-    """The parameter groups routing gives ours (vectors undecayed), as plain torch.optim groups."""
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config(name, **hparams)))]
-
-
-def reference_c_adamw(model, name="c-adamw"):
-    return AdEMAMix(reference_groups(model, name, **ADAMW_HP), lr=ADAMW_HP["lr"],
+def reference_c_adamw(model):
+    return AdEMAMix(reference_groups(model, ADAMW_HP["weight_decay"]), lr=ADAMW_HP["lr"],
                     betas=(ADAMW_HP["beta1"], ADAMW_HP["beta2"], 0.9999), alpha=0.0, eps=ADAMW_HP["eps"],
                     weight_decouple=True, cautious=True)
 
 
 def test_c_adamw_matches_pytorch_optimizer_step_by_step():
-    assert compare_with_reference(lambda m: optim.create("c-adamw", m, **ADAMW_HP), reference_c_adamw,
-                                  steps=25) == 25
+    result = compare_with_reference(lambda m: optim.create("c-adamw", m, **ADAMW_HP), reference_c_adamw,
+                                    batches=lm_batches(25), rtol=0.0, atol=0.0)
+    assert result.steps == 25
 
 
 def test_adamw_cautious_option_is_c_adamw():
     model = tiny_lm()
     assert isinstance(optim.create("adamw", model, cautious=True), CautiousAdamW)
-    assert compare_with_reference(lambda m: optim.create("adamw", m, cautious=True, **ADAMW_HP),
-                                  lambda m: reference_c_adamw(m, "adamw"), steps=20) == 20
+    result = compare_with_reference(lambda m: optim.create("adamw", m, cautious=True, **ADAMW_HP), reference_c_adamw,
+                                    rtol=0.0, atol=0.0)
+    assert result.steps == 20
 
 
 def test_c_lion_matches_pytorch_optimizer_step_by_step():
     def reference(m):
-        return ReferenceLion(reference_groups(m, "c-lion", **LION_HP), lr=LION_HP["lr"],
+        return ReferenceLion(reference_groups(m, LION_HP["weight_decay"]), lr=LION_HP["lr"],
                              betas=(LION_HP["beta1"], LION_HP["beta2"]), cautious=True)
-    assert compare_with_reference(lambda m: optim.create("c-lion", m, **LION_HP), reference, steps=25) == 25
-    assert compare_with_reference(lambda m: optim.create("lion", m, cautious=True, **LION_HP), reference,
-                                  steps=20) == 20
+    result = compare_with_reference(lambda m: optim.create("c-lion", m, **LION_HP), reference,
+                                    batches=lm_batches(25), rtol=0.0, atol=0.0)
+    assert result.steps == 25
+    result = compare_with_reference(lambda m: optim.create("lion", m, cautious=True, **LION_HP), reference,
+                                    rtol=0.0, atol=0.0)
+    assert result.steps == 20
 
 
 def test_registry_variants_are_the_base_configs_with_cautious_on():
@@ -75,7 +74,7 @@ def test_cautious_false_is_torch_adamw_bit_for_bit():
     cfg = make_config("adamw", **ADAMW_HP)
 
     def torch_adamw(model):
-        return torch.optim.AdamW(groups_by_role(route(model, cfg)), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        return torch.optim.AdamW(reference_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                  eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
     assert type(optim.create("adamw", tiny_lm())) is torch.optim.AdamW
     compare_with_reference(lambda m: optim.create("adamw", m, **ADAMW_HP), torch_adamw, steps=20, rtol=0, atol=0)

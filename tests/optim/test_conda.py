@@ -9,15 +9,9 @@ from pytorch_optimizer import Conda as ReferenceConda
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, lm_batches
+from tests.optim.harness import compare_with_reference, lm_batches, reference_groups
 
 HP = dict(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, update_proj_gap=4, scale=0.5)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("conda", **hparams)))]
 
 
 def test_matches_pytorch_optimizer_step_by_step():
@@ -25,7 +19,7 @@ def test_matches_pytorch_optimizer_step_by_step():
     # wide (the MLP's c_proj, 32 x 128) and square (attention c_proj) matrices, and vectors on the Adam path.
     compare_with_reference(
         lambda m: optim.create("conda", m, **HP),
-        lambda m: ReferenceConda(reference_groups(m, **HP), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
+        lambda m: ReferenceConda(reference_groups(m, HP["weight_decay"]), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
                                  eps=HP["eps"], update_proj_gap=HP["update_proj_gap"], scale=HP["scale"],
                                  projection_type="std"),
         steps=24, batches=lm_batches(24))

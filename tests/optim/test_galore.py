@@ -18,9 +18,8 @@ from optbench.models import build
 from optbench.optim.memory import state_bytes
 from optbench.optim.functional.low_rank import project, project_back, projection_side, svd_projection
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import assert_resume_is_bit_identical, compare_with_reference, lm_batches, tiny_lm, train
-
+from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, reference_groups,
+                                 reference_roles, tiny_lm, train)
 
 
 def load_reference():
@@ -51,11 +50,11 @@ CASES = {
 
 
 def reference_galore(model, **hp):
-    """GaLoreAdamW on our routing's groups: the `matrix` group carries the GaLore keys, as in the authors'
+    """GaLoreAdamW on the test's own role groups: the `matrix` group carries the GaLore keys, as in the authors'
     torchrun_main.py (which projects the attention and MLP Linear weights: our `matrix` role)."""
     cfg = make_config("galore", **hp)
     groups = []
-    for g in groups_by_role(route(model, cfg)):
+    for g in reference_groups(model, cfg.weight_decay, tagged=True):
         group = {"params": g["params"], "weight_decay": g["weight_decay"]}
         if g["role"] == "matrix":
             group.update(rank=cfg.rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.scale,
@@ -75,7 +74,7 @@ def test_matches_galore_torch_step_by_step(case):
     # as p - lr wd p after the update). rtol 1e-5 leaves room for other BLAS builds.
     hp = CASES[case]
     compare_with_reference(lambda m: optim.create("galore", m, **hp), lambda m: reference_galore(m, **hp),
-                           batches=lm_batches(25), steps=25)
+                           batches=lm_batches(25))
 
 
 def test_defaults_are_the_authors_130m_recipe():
@@ -88,13 +87,14 @@ def test_only_hidden_matrices_are_projected():
     model = tiny_lm()
     opt = optim.create("galore", model, rank=4)
     train(model, opt, lm_batches(1))
-    for r in route(model, make_config("galore")):
-        state = opt.state[r.param]
-        if r.role == "matrix":
-            assert state["projection"].shape[0] * state["projection"].shape[1] == 4 * min(r.param.shape)
-            assert state["exp_avg"].numel() == 4 * max(r.param.shape)
+    params = dict(model.named_parameters())
+    for name, role in reference_roles(model).items():
+        p, state = params[name], opt.state[params[name]]
+        if role == "matrix":
+            assert state["projection"].shape[0] * state["projection"].shape[1] == 4 * min(p.shape)
+            assert state["exp_avg"].numel() == 4 * max(p.shape)
         else:
-            assert "projection" not in state and state["exp_avg"].shape == r.param.shape
+            assert "projection" not in state and state["exp_avg"].shape == p.shape
 
 
 G = torch.tensor([[3.0, 0.0, 1.0], [0.0, 2.0, 0.0]])  # 2 x 3: the left side (rows) is projected
@@ -153,15 +153,16 @@ def bytes_per_param_124m(name: str) -> float:
 
     per_matrix_shape, dense = {}, measured((256, 256), "embedding")
     total = n = 0
-    for r in route(model, cfg):
-        shape = tuple(r.param.shape)
-        if r.role == "matrix":
+    params = dict(model.named_parameters())
+    for name, role in reference_roles(model).items():
+        shape, size = tuple(params[name].shape), params[name].numel()
+        if role == "matrix":
             if shape not in per_matrix_shape:
                 per_matrix_shape[shape] = measured(shape, "matrix")
-            total += per_matrix_shape[shape] * r.param.numel()
+            total += per_matrix_shape[shape] * size
         else:
-            total += dense * r.param.numel()
-        n += r.param.numel()
+            total += dense * size
+        n += size
     return total / n
 
 

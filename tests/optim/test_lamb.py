@@ -10,15 +10,9 @@ from pytorch_optimizer import Lamb as ReferenceLamb
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference
+from tests.optim.harness import compare_with_reference, reference_groups
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-6, weight_decay=0.1)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("lamb", **hparams)))]
 
 
 def test_matches_pytorch_optimizer_without_bias_correction():
@@ -26,7 +20,7 @@ def test_matches_pytorch_optimizer_without_bias_correction():
         # The paper's variant: wd p inside the trust-ratio-scaled update (weight_decouple=False), no
         # rectification, no pre-norm; adam_debias=True drops its lr / (1 - beta1^t) step scaling; the clamp
         # of ||p|| at 10 lifted (the paper's phi is the identity).
-        opt = ReferenceLamb(reference_groups(model, **HP), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
+        opt = ReferenceLamb(reference_groups(model, HP["weight_decay"]), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
                             eps=HP["eps"], weight_decouple=False, grad_averaging=True, rectify=False,
                             adam=False, pre_norm=False, adam_debias=True)
         opt.clamp = math.inf
@@ -64,7 +58,7 @@ class PaperLamb(torch.optim.Optimizer):
 def test_matches_the_papers_algorithm_with_bias_correction():
     compare_with_reference(
         lambda m: optim.create("lamb", m, **HP),
-        lambda m: PaperLamb(reference_groups(m, **HP), HP["lr"], HP["beta1"], HP["beta2"], HP["eps"]),
+        lambda m: PaperLamb(reference_groups(m, HP["weight_decay"]), HP["lr"], HP["beta1"], HP["beta2"], HP["eps"]),
         steps=20)
 
 

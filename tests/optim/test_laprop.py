@@ -6,15 +6,10 @@ from pytorch_optimizer import LaProp as ReferenceLaProp
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference, matrix_model, regression_batches, regression_loss
+from tests.optim.harness import (compare_with_reference, matrix_model, reference_groups, regression_batches,
+                                 regression_loss)
 
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-15, weight_decay=0.1)
-
-
-def reference_groups(model, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("laprop", **hparams)))]
 
 
 def test_matches_pytorch_optimizer_step_by_step():
@@ -26,8 +21,8 @@ def test_matches_pytorch_optimizer_step_by_step():
     # pytorch-optimizer's floor damps (test_noise_coordinates_take_full_steps).
     compare_with_reference(
         lambda m: optim.create("laprop", m, **HP),
-        lambda m: ReferenceLaProp(reference_groups(m, **HP), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
-                                  eps=HP["eps"]),
+        lambda m: ReferenceLaProp(reference_groups(m, HP["weight_decay"]), lr=HP["lr"],
+                                  betas=(HP["beta1"], HP["beta2"]), eps=HP["eps"]),
         model_fn=lambda: matrix_model(bias=True), batches=regression_batches(30),
         loss_fn=lambda m, b: 1e4 * regression_loss(m, b), steps=30)
 

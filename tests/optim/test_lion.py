@@ -9,25 +9,19 @@ from lion_pytorch import Lion as ReferenceLion
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference
+from tests.optim.harness import compare_with_reference, lm_batches, reference_groups
 
 HP = dict(lr=3e-4, beta1=0.9, beta2=0.95, weight_decay=0.5)
 
 
-def reference_groups(model, **hparams):
-    """The parameter groups routing gives ours (vectors undecayed), as plain torch.optim groups."""
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config("lion", **hparams)))]
-
-
 def test_matches_lion_pytorch_step_by_step():
-    # Exact arithmetic match (same multiply-then-add), so default tolerances hold with room to spare.
-    steps = compare_with_reference(
+    # Exact arithmetic match (same multiply-then-add, elementwise): bit-identical (observed difference 0).
+    result = compare_with_reference(
         lambda m: optim.create("lion", m, **HP),
-        lambda m: ReferenceLion(reference_groups(m, **HP), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"])),
-        steps=25)
-    assert steps == 25
+        lambda m: ReferenceLion(reference_groups(m, HP["weight_decay"]), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"])),
+        batches=lm_batches(25), rtol=0.0, atol=0.0)
+    # Every entry with a non-zero update moves exactly lr per step: each tensor went at least 10 steps' worth.
+    assert result.steps == 25 and min(result.moved.values()) > 10 * HP["lr"]
 
 
 def _step(p, grad, opt):

@@ -55,11 +55,12 @@ ATOL = 5e-6
 
 
 def test_muon_matches_muon_optimizer_single_device(reference_in_fp32):
-    steps = compare_with_reference(
+    result = compare_with_reference(
         lambda model: _ours(model, lr=0.02, momentum=0.95, weight_decay=0.1),
         lambda model: _reference(model, lr=0.02, momentum=0.95, weight_decay=0.1),
-        model_fn=matrix_model, batches=regression_batches(STEPS), loss_fn=regression_loss, steps=STEPS, atol=ATOL)
-    assert steps == STEPS
+        model_fn=matrix_model, batches=regression_batches(STEPS), loss_fn=regression_loss, atol=ATOL)
+    # all three matrices, every step; the discrepancy stays well inside ATOL (8.8e-7 measured)
+    assert result.steps == STEPS and result.compared == (3,) * STEPS and max(result.max_diff.values()) < ATOL / 2
 
 
 def test_muon_is_bit_identical_to_muon_optimizer_given_the_same_iteration(reference_in_fp32, monkeypatch):

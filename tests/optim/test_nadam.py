@@ -8,16 +8,9 @@ import torch
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from tests.optim.harness import compare_with_reference
+from tests.optim.harness import compare_with_reference, reference_groups
 
 HP = dict(lr=3e-3, beta1=0.85, beta2=0.97, eps=1e-7, weight_decay=0.1, momentum_decay=8e-3)
-
-
-def decay_by_dim(model, weight_decay):
-    """nanoGPT's grouping, independent of our routing: tensors of >= 2 dims decay, vectors don't."""
-    params = list(model.parameters())
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
 @pytest.mark.parametrize("decouple", [True, False])
@@ -26,9 +19,9 @@ def test_matches_torch_nadam_built_directly(decouple):
     # code on both sides, so bit-identical (rtol = atol = 0): any difference is wiring (groups, decay, betas).
     compare_with_reference(
         lambda m: optim.create("nadam", m, decouple=decouple, **HP),
-        lambda m: torch.optim.NAdam(decay_by_dim(m, HP["weight_decay"]), lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]),
-                                    eps=HP["eps"], momentum_decay=HP["momentum_decay"],
-                                    decoupled_weight_decay=decouple, foreach=True),
+        lambda m: torch.optim.NAdam(reference_groups(m, HP["weight_decay"]), lr=HP["lr"],
+                                    betas=(HP["beta1"], HP["beta2"]), eps=HP["eps"],
+                                    momentum_decay=HP["momentum_decay"], decoupled_weight_decay=decouple, foreach=True),
         steps=20, rtol=0.0, atol=0.0)
 
 

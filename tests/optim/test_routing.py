@@ -7,7 +7,7 @@ from optbench import optim
 from optbench.models import LlamaConfig, build
 from optbench.optim.hybrid import HybridOptimizer
 from optbench.optim.registry import make_config
-from optbench.optim.routing import route
+from optbench.optim.routing import groups_by_role, route
 from tests.optim.harness import lm_batches, through_disk, tiny_lm, train
 
 
@@ -15,29 +15,51 @@ def roles(model, **hparams):
     return {r.name: (r.role, r.weight_decay) for r in route(model, make_config("adamw", **hparams))}
 
 
+BLOCK_ROLES = {  # one GPT-2 block: norms and biases are vectors, the four Linear weights matrices
+    "ln_1.weight": "vector", "ln_1.bias": "vector", "attn.c_attn.weight": "matrix", "attn.c_attn.bias": "vector",
+    "attn.c_proj.weight": "matrix", "attn.c_proj.bias": "vector", "ln_2.weight": "vector", "ln_2.bias": "vector",
+    "mlp.c_fc.weight": "matrix", "mlp.c_fc.bias": "vector", "mlp.c_proj.weight": "matrix", "mlp.c_proj.bias": "vector",
+}
+
+
+def gpt2_table(wd: float, embedding_wd: float) -> dict[str, tuple[str, float]]:
+    """tiny_lm's every parameter, in order, with its role and weight decay: lm_head is tied to wte, so listed once
+    (as the embedding); matrices decay, vectors never."""
+    table = {f"transformer.{name}.weight": ("embedding", embedding_wd) for name in ("wte", "wpe")}
+    for i in range(2):
+        table.update({f"transformer.h.{i}.{name}": (role, wd if role == "matrix" else 0.0)
+                      for name, role in BLOCK_ROLES.items()})
+    table.update({"transformer.ln_f.weight": ("vector", 0.0), "transformer.ln_f.bias": ("vector", 0.0)})
+    return table
+
+
 def test_gpt2_roles_and_weight_decay():
     table = roles(tiny_lm(), weight_decay=0.1)
-    assert table["transformer.wte.weight"] == ("embedding", 0.1)  # tied with lm_head: listed once
-    assert table["transformer.wpe.weight"] == ("embedding", 0.1)
-    assert table["transformer.h.0.attn.c_attn.weight"] == ("matrix", 0.1)
-    assert table["transformer.h.0.ln_1.weight"] == ("vector", 0.0)
-    assert table["transformer.h.0.attn.c_attn.bias"] == ("vector", 0.0)
-    assert "lm_head.weight" not in table
+    assert list(table.items()) == list(gpt2_table(0.1, 0.1).items())
 
 
 def test_embeddings_decay_is_configurable():
-    table = roles(tiny_lm(), weight_decay=0.1, decay_embeddings=False)
-    assert table["transformer.wte.weight"] == ("embedding", 0.0)
-    assert table["transformer.h.1.mlp.c_fc.weight"] == ("matrix", 0.1)
+    assert roles(tiny_lm(), weight_decay=0.1, decay_embeddings=False) == gpt2_table(0.1, 0.0)
+
+
+def test_groups_come_one_per_role_in_a_fixed_order():
+    """tests/optim/harness.py's reference_groups relies on this order (Prodigy's d sums over groups in it)."""
+    groups = groups_by_role(route(tiny_lm(), make_config("adamw", weight_decay=0.1)))
+    table = gpt2_table(0.1, 0.1)
+    assert [(g["role"], g["weight_decay"]) for g in groups] == [("embedding", 0.1), ("vector", 0.0), ("matrix", 0.1)]
+    for g in groups:
+        assert g["names"] == [name for name, (role, _) in table.items() if role == g["role"]]
 
 
 def test_untied_llama_head_is_its_own_role():
     torch.manual_seed(0)
     model = build(LlamaConfig(n_layer=1, n_head=2, n_embd=32, tie_embeddings=False), 64, 16)
-    table = roles(model)
-    assert table["output.weight"][0] == "head"
-    assert table["tok_embeddings.weight"][0] == "embedding"
-    assert {role for role, _ in table.values()} == {"embedding", "head", "vector", "matrix"}
+    expected = {"tok_embeddings.weight": ("embedding", 0.1), "layers.0.attn_norm.weight": ("vector", 0.0),
+                **{f"layers.0.attn.{x}_proj.weight": ("matrix", 0.1) for x in "qkvo"},
+                "layers.0.mlp_norm.weight": ("vector", 0.0),
+                **{f"layers.0.mlp.{x}_proj.weight": ("matrix", 0.1) for x in ("gate", "up", "down")},
+                "norm.weight": ("vector", 0.0), "output.weight": ("head", 0.1)}
+    assert roles(model, weight_decay=0.1) == expected
 
 
 def test_every_parameter_is_routed_exactly_once():

@@ -1,4 +1,5 @@
-"""Schedule-Free AdamW / SGD against the authors' package built directly, and the exact eval/train swap."""
+"""Schedule-Free AdamW / SGD against the authors' package built directly on groups the test makes, in train and
+eval mode, and the exact eval/train swap."""
 
 import pytest
 import schedulefree
@@ -6,30 +7,41 @@ import torch
 
 from optbench import optim
 from optbench.config.schema import ScheduleConfig
-from optbench.optim.routing import route
 from optbench.train.schedules import lr_multiplier
-from tests.optim.harness import compare_with_reference, lm_batches, lm_loss, tiny_lm, train
+from tests.optim.harness import compare_with_reference, lm_batches, lm_loss, reference_groups, tiny_lm, train
 
 WD = 0.05
 
 
-def package_groups(model, weight_decay):
-    """Two plain groups, decayed and not, as a user of the package would write them (routing's rule)."""
-    routed = route(model, optim.make_config("sf-adamw", weight_decay=weight_decay))
-    return [{"params": [r.param for r in routed if r.weight_decay > 0]},
-            {"params": [r.param for r in routed if r.weight_decay == 0], "weight_decay": 0.0}]
-
-
 def package_adamw(model, **hparams):
-    opt = schedulefree.AdamWScheduleFree(package_groups(model, hparams.get("weight_decay", 0.0)), **hparams)
+    opt = schedulefree.AdamWScheduleFree(reference_groups(model, hparams.get("weight_decay", 0.0)), **hparams)
     opt.train()
     return opt
 
 
 def package_sgd(model, **hparams):
-    opt = schedulefree.SGDScheduleFree(package_groups(model, hparams.get("weight_decay", 0.0)), **hparams)
+    opt = schedulefree.SGDScheduleFree(reference_groups(model, hparams.get("weight_decay", 0.0)), **hparams)
     opt.train()
     return opt
+
+
+def same_average(step, ours, reference):
+    """After each step, eval mode (the average x, where the model is evaluated and sampled) agrees bit for bit
+    too. The package's train() rebuilds y from x and z by interpolation, a rounding away from the y it left, so
+    the reference's y is put back by hand and its trajectory stays the package's own (ours restores y itself)."""
+    (model_a, opt_a), (model_b, opt_b) = ours, reference
+    y = [p.detach().clone() for p in model_b.parameters()]
+    opt_a.eval()
+    opt_b.eval()
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.equal(a, b), f"step {step}: {name} in eval mode differs"
+    if step > 1:  # x_1 = z_1 = y_1: the average and the iterate part from the second step on
+        assert any(not torch.equal(p, y_i) for p, y_i in zip(model_b.parameters(), y)), "eval mode moved nothing"
+    opt_a.train()
+    opt_b.train()
+    with torch.no_grad():
+        for p, y_i in zip(model_b.parameters(), y):
+            p.copy_(y_i)
 
 
 @pytest.mark.parametrize("warmup", [0, 4])
@@ -39,13 +51,15 @@ def test_sf_adamw_matches_the_package(warmup):
     reference = lambda m: package_adamw(m, lr=0.01, betas=(0.9, 0.99), weight_decay=WD,  # noqa: E731
                                         warmup_steps=warmup)
     # the same code runs on both sides: identical bits, not just close
-    assert compare_with_reference(ours, reference, steps=20, rtol=0, atol=0) == 20
+    result = compare_with_reference(ours, reference, rtol=0, atol=0, each_step=same_average)
+    assert result.steps == 20
 
 
 def test_sf_sgd_matches_the_package():
     ours = lambda m: optim.create("sf-sgd", m, lr=0.5, momentum=0.95, weight_decay=WD, r=1.0)  # noqa: E731
     reference = lambda m: package_sgd(m, lr=0.5, momentum=0.95, weight_decay=WD, r=1.0)  # noqa: E731
-    assert compare_with_reference(ours, reference, steps=20, rtol=0, atol=0) == 20
+    result = compare_with_reference(ours, reference, rtol=0, atol=0, each_step=same_average)
+    assert result.steps == 20
 
 
 def test_defaults_are_the_packages():

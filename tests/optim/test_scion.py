@@ -14,8 +14,7 @@ from optbench.models import build
 from optbench.models.llama import LlamaConfig
 from optbench.optim.algorithms.scion import bias_rms_lmo, colnorm_lmo, norms_for_roles, sign_lmo, spectral_lmo
 from optbench.optim.functional import newton_schulz as newton_schulz_module
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import BATCH, SEQ, VOCAB, compare_with_reference, lm_batches, tiny_lm
+from tests.optim.harness import BATCH, SEQ, VOCAB, compare_with_reference, lm_batches, reference_groups, tiny_lm
 from tests.optim.test_newton_schulz import reference_iteration_fp32
 
 STEPS = 20
@@ -59,9 +58,9 @@ ATOL = 5e-6
 
 
 def reference_scion(model, constrained: bool = False, **hparams):
-    """pytorch-optimizer's SCION over the same routed groups, each with the norm and scale ours picks."""
+    """pytorch-optimizer's SCION over the test's own role groups, each with the norm and scale ours picks."""
     cfg = optim.make_config("scion", **hparams)
-    groups = groups_by_role(route(model, cfg))
+    groups = reference_groups(model, cfg.weight_decay, tagged=True)
     norms = norms_for_roles(cfg, {g["role"] for g in groups})
     po_groups = []
     for g in groups:

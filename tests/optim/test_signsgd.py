@@ -10,13 +10,7 @@ from pytorch_optimizer import SignSGD
 
 from optbench import optim
 from optbench.optim.registry import make_config
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import compare_with_reference
-
-
-def reference_groups(model, name, **hparams):
-    return [{"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in groups_by_role(route(model, make_config(name, **hparams)))]
+from tests.optim.harness import compare_with_reference, reference_groups
 
 
 @pytest.mark.parametrize("name, hparams, momentum", [
@@ -27,7 +21,7 @@ def test_matches_pytorch_optimizer_step_by_step(name, hparams, momentum):
     # Same operations (lerp, sign, multiply, add), so default tolerances hold exactly.
     compare_with_reference(
         lambda m: optim.create(name, m, **hparams),
-        lambda m: SignSGD(reference_groups(m, name, **hparams), lr=hparams["lr"], momentum=momentum,
+        lambda m: SignSGD(reference_groups(m, hparams["weight_decay"]), lr=hparams["lr"], momentum=momentum,
                           weight_decouple=True),
         steps=20)
 

@@ -9,9 +9,8 @@ from pytorch_optimizer import SOAP as ReferenceSOAP
 from torch import nn
 
 from optbench import optim
-from optbench.optim.routing import groups_by_role, route
 from tests.optim.harness import (assert_resume_is_bit_identical, compare_with_reference, lm_batches, lm_loss,
-                                 tiny_lm, train)
+                                 reference_groups, tiny_lm, train)
 
 # pytorch_optimizer names: max_precondition_dim, normalize_gradient, shampoo_beta=None for "use beta2".
 CASES = {
@@ -28,8 +27,7 @@ CASES = {
 
 def reference_soap(model, **hp):
     cfg = optim.make_config("soap", **hp)
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups_by_role(route(model, cfg))]
-    return ReferenceSOAP(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    return ReferenceSOAP(reference_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                          shampoo_beta=cfg.shampoo_beta if cfg.shampoo_beta >= 0 else None, eps=cfg.eps,
                          weight_decay=cfg.weight_decay, precondition_frequency=cfg.precondition_frequency,
                          max_precondition_dim=cfg.max_precond_dim, precondition_1d=cfg.precondition_1d,

@@ -10,8 +10,7 @@ import torch
 from optbench import optim
 from optbench.errors import UserError
 from optbench.optim.algorithms.sophia import SophiaG, clipped_ratio
-from optbench.optim.routing import groups_by_role, route
-from tests.optim.harness import lm_batches, tiny_lm, train
+from tests.optim.harness import lm_batches, reference_groups, tiny_lm, train
 
 
 def one_param(values, **hparams):
@@ -86,9 +85,8 @@ def test_matches_sophia_opt_step_by_step_with_hessian_passes():
     model_a = tiny_lm()
     model_b = copy.deepcopy(model_a)
     ours = optim.create("sophiag", model_a, **hparams)
-    cfg = optim.make_config("sophiag", **hparams)
-    reference = PackagedSophiaG(groups_by_role(route(model_b, cfg)), lr=1e-3, betas=(0.9, 0.95), rho=0.05,
-                                weight_decay=0.2)
+    reference = PackagedSophiaG(reference_groups(model_b, hparams["weight_decay"]), lr=1e-3, betas=(0.9, 0.95),
+                                rho=0.05, weight_decay=0.2)
     assert {g["weight_decay"] for g in reference.param_groups} == {0.0, 0.2}
     batches = lm_batches(24)
     for i, batch in enumerate(batches):
