@@ -137,6 +137,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers={args.workers} must be positive")
+    if args.slurm:
+        launch.check_slurm()  # before the results folder exists
     suite, out, url = launch.prepare(args.suite, args.out, args.storage)
     print(f"bench {suite.name}: {len(suite.scenarios)} scenarios x {len(suite.optimizers)} optimizers, "
           f"{suite.tuning.method} tuning, final seeds {list(suite.final.seeds)}; results in {out}", flush=True)
@@ -147,9 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     try:
         launch.run_local(suite, out, url, args.workers)
-    except KeyboardInterrupt:
+    except launch.Stopped as stopped:  # 143 for SIGTERM, 130 for Ctrl-C, as `optbench train` exits
         print(f"stopped; run the same command again to continue ({out})", file=sys.stderr)
-        return 128 + signal.SIGINT.value
+        return 128 + int(stopped.signum)
     _print_progress(launch.progress(suite, url))
     from optbench.report import write_report
 
@@ -183,6 +185,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not source.is_dir():
         from optbench.bench.suite import resolve_path
 
+        if source.suffix != ".yaml" and (len(source.parts) > 1 or args.source.startswith(".")):
+            raise UserError(f"no results folder at {args.source}; give a results folder (the --out of "
+                            "`optbench bench`) or a suite's name")
         resolve_path(args.source)  # a suite's name: its results are in bench/<name>
         source = layout.default_out(args.source)
         if not source.is_dir():

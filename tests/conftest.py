@@ -72,21 +72,30 @@ TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; pack my box wi
                for i in range(300))
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
+def write_corpus(folder: Path) -> Path:
+    path = folder / "corpus.txt"
     path.write_text(TEXT)
     return path
+
+
+def tiny_run(folder: Path, corpus: Path) -> list[str]:
+    """A 2-layer GPT on the corpus, evaluated and checkpointed along the way, written under `folder`."""
+    return [f"data.source={corpus}", f"data.root={folder / 'prepared'}", "data.num_proc=1",
+            "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+            "train.steps=30", "train.batch_size=4", "train.seq_len=32", "train.device=cpu",
+            "schedule.warmup_steps=5", "eval.every=10", "eval.batches=2", "eval.sample_tokens=16",
+            "run.log_every=5", "run.progress=false", f"run.dir={folder / 'run'}"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(tmp_path)
 
 
 @pytest.fixture
 def tiny_overrides(tmp_path, corpus):
     """A 2-layer GPT on the corpus, evaluated and checkpointed along the way."""
-    return [f"data.source={corpus}", f"data.root={tmp_path / 'prepared'}", "data.num_proc=1",
-            "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
-            "train.steps=30", "train.batch_size=4", "train.seq_len=32", "train.device=cpu",
-            "schedule.warmup_steps=5", "eval.every=10", "eval.batches=2", "eval.sample_tokens=16",
-            "run.log_every=5", "run.progress=false", f"run.dir={tmp_path / 'run'}"]
+    return tiny_run(tmp_path, corpus)
 
 
 @dataclass

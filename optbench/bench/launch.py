@@ -9,6 +9,7 @@ command again (after a crash, a kill, a timeout) picks up where the last one sto
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,14 @@ def prepare_data(configs: list) -> None:
 # ----------------------------------------------------------------------------- local
 
 
+class Stopped(KeyboardInterrupt):
+    """The bench was stopped by `signum`; its workers checkpointed their trials and put them back in the queue."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_local(suite: Suite, out: Path, url: str, workers: int | None = None) -> None:
     """N worker processes until the suite is done; dead workers are replaced, signals forwarded."""
     n = workers or suite.execution.workers
@@ -133,13 +142,13 @@ def run_local(suite: Suite, out: Path, url: str, workers: int | None = None) -> 
                     procs[slot] = spawn_worker(suite, out, url, slot, threads)
     except KeyboardInterrupt:
         forward(signal.SIGINT, None)
-        raise
+        raise Stopped(signal.SIGINT) from None
     finally:
         for proc in procs.values():
             proc.wait()
         signal.signal(signal.SIGTERM, previous)
     if stop["signal"] is not None:
-        raise KeyboardInterrupt
+        raise Stopped(stop["signal"])
 
 
 def spawn_worker(suite: Suite, out: Path, url: str, slot: int, threads: int) -> subprocess.Popen:
@@ -165,9 +174,15 @@ def run_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
 
 def submit_slurm(suite: Suite, out: Path, url: str, workers: int | None = None, cluster: str | None = "slurm"):
     """An array of workers through submitit (cluster="local" runs the same array as local processes)."""
+    import contextlib
+    import io
+
     import submitit
+    from submitit.core.utils import FailedJobError
 
     settings = suite.execution.slurm
+    if cluster == "slurm":
+        check_slurm()
     executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster=cluster)
     params = {"timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_task,
               "mem_gb": settings.mem_gb, "slurm_array_parallelism": settings.array_parallelism,
@@ -179,7 +194,43 @@ def submit_slurm(suite: Suite, out: Path, url: str, workers: int | None = None, 
     executor.update_parameters(**params)
     n = workers or suite.execution.workers
     ids = [f"slurm-{i}" for i in range(n)]
-    return executor.map_array(run_worker, [out] * n, [url] * n, ids, [settings.cpus_per_task] * n)
+    refused = io.StringIO()  # submitit prints sbatch's complaint itself; it goes into the one-line error instead
+    try:
+        with contextlib.redirect_stderr(refused):
+            return executor.map_array(run_slurm_worker, [out] * n, [url] * n, ids, [settings.cpus_per_task] * n)
+    except FailedJobError as err:
+        reason = next((line for line in str(err).splitlines() if line.strip()), "no reason given")
+        raise UserError(f"sbatch refused the array of {n} workers: {reason.strip()}") from None
+
+
+def check_slurm() -> None:
+    """--slurm needs a Slurm cluster (submitit takes srun on PATH for one): say so in one line."""
+    if shutil.which("srun") is None:
+        raise UserError("--slurm submits the workers to a Slurm cluster, but there is no srun here; run it on a "
+                        "Slurm login node, or without --slurm for local workers")
+
+
+def run_slurm_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
+    """One Slurm array task. Slurm warns of the time limit with submitit's signal (USR2), which submitit
+    answers by raising in the middle of whatever runs, and the worker would record that as a crash of the
+    trial's hyperparameters. Here the signal stops the running trial as SIGTERM does: it finishes its step,
+    checkpoints and goes back to the study's queue, and this task ends."""
+    import submitit
+    from submitit.core.utils import UncompletedJobError
+
+    warning = submitit.JobEnvironment._usr_sig()
+    previous = signal.signal(warning, _as_sigterm)
+    try:
+        return run_worker(out, url, worker_id, threads)
+    except KeyboardInterrupt:
+        raise UncompletedJobError(f"worker {worker_id} was stopped (time limit or preemption); its trial "
+                                  "checkpointed and went back to the queue: submit again to continue") from None
+    finally:
+        signal.signal(warning, previous)
+
+
+def _as_sigterm(signum, frame) -> None:
+    signal.raise_signal(signal.SIGTERM)
 
 
 # ----------------------------------------------------------------------------- progress

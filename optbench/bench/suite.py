@@ -215,6 +215,14 @@ def validate(suite: Suite) -> None:
         check(not set(space) & set(entry.fixed),
               f"optimizer {entry.name} both fixes and tunes {sorted(set(space) & set(entry.fixed))}")
         check(entry.trials is None or entry.trials > 0, f"optimizers.{entry.name}.trials must be positive")
+    if suite.execution.slurm.extra:  # a typo here would otherwise surface as submitit's NameError at --slurm
+        from submitit.slurm.slurm import SlurmExecutor
+
+        known = SlurmExecutor._valid_parameters()
+        for key in suite.execution.slurm.extra:
+            if key not in known:
+                raise UserError(f"execution.slurm.extra.{key} is not a Slurm parameter of submitit; valid: "
+                                f"{', '.join(closest(key, known))}")
     check(suite.baseline in [o.name for o in suite.optimizers],
           f"baseline '{suite.baseline}' is not among the suite's optimizers; valid: "
           f"{', '.join(o.name for o in suite.optimizers)}")

@@ -98,10 +98,24 @@ def run_trial(suite: Suite, out: Path, claim: Claim, worker_id: str, threads: in
         summary = trainer.train()
     except Exception as err:  # a crash of this trial (bad hyperparameters, out of memory) is its result
         traceback.print_exc()
-        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+        error = f"{type(err).__name__}: {err}"[:500]
+        trial.set_user_attr("error", error)
+        record_failure(run, suite, claim, overrides, error)
         claim.study.tell(trial, state=TrialState.FAIL)
         return
     tell(claim, summary)
+
+
+def record_failure(run: Path, suite: Suite, claim: Claim, overrides: list[str], error: str) -> None:
+    """A trial that crashed before its trainer wrote a summary (while composing its config or building its
+    model, data or optimizer) still leaves a run directory the report finds and counts as failed."""
+    summary = run / "summary.json"
+    if summary.exists() and read_json(summary).get("status") != "running":
+        return  # the trainer recorded the failure itself, or this is a finished run's directory
+    run.mkdir(parents=True, exist_ok=True)
+    record_trial(run, suite, claim, overrides)
+    write_json(summary, {"status": "failed", "error": error, "final_val_loss": None, "best_val_loss": None,
+                         "steps": 0, "tokens": 0, "run_dir": str(run)})
 
 
 def tell(claim: Claim, summary: dict[str, Any]) -> None:

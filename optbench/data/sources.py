@@ -2,7 +2,8 @@
 
 Lookup order: `data.source=PATH` when given (a file, folder or glob of .txt/.json/.jsonl/.parquet,
 optionally .gz), else the recipe's files under `data.mirror` when they hold a train split, else the
-hub, streamed. Everything is read through HF `datasets`: .txt files are one document each.
+hub, streamed. Everything is read through HF `datasets` (text files at URLs through fsspec, see
+`RemoteTextFiles`): .txt files are one document each.
 
 Local files go to the split their path names (`train`, `val`/`valid`/`validation`, `test` as a word
 of the path below the source folder); files naming no split are train. A source without val gets
@@ -231,14 +232,51 @@ def _hub_docs(recipe: Recipe, remote_split: str, why_not_mirror: str) -> Docs:
     try:
         dataset = load_hub(recipe, remote_split)
     except Exception as error:  # no network surfaces as many different types
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"recipe '{recipe.name}' needs network or data.source=PATH: cannot open "
-                        f"{hub_name(recipe)} ({reason}){why_not_mirror}") from error
-    return lambda: rows_text(dataset, recipe.text_field, hub_name(recipe))
+        raise _no_network(recipe, "cannot open", error, why_not_mirror) from error
+
+    def read() -> Iterator[str]:
+        try:
+            yield from rows_text(dataset, recipe.text_field, hub_name(recipe))
+        except UserError:
+            raise
+        except Exception as error:  # a stream is read lazily: the connection can drop part-way through
+            raise _no_network(recipe, "lost the connection reading", error, "") from error
+    return read
+
+
+def _no_network(recipe: Recipe, what: str, error: Exception, why_not_mirror: str) -> UserError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"recipe '{recipe.name}' needs network or data.source=PATH: {what} {hub_name(recipe)} "
+                     f"({reason}){why_not_mirror}")
 
 
 def load_hub(recipe: Recipe, remote_split: str):
-    """One split of the recipe's hub dataset as a streaming `datasets.IterableDataset`."""
+    """One split of the recipe's hub dataset as a streaming `datasets.IterableDataset` (or, for text files at
+    URLs, `RemoteTextFiles`)."""
+    urls = [recipe.hub_data_files] if isinstance(recipe.hub_data_files, str) else list(recipe.hub_data_files or ())
+    if recipe.hub_path == "text" and urls and all("://" in url for url in urls):
+        return RemoteTextFiles(urls)
     options = {"sample_by": "document"} if recipe.hub_path == "text" else {}
     return _load_dataset(recipe.hub_path, recipe.hub_config, data_files=recipe.hub_data_files,
                          revision=recipe.hub_revision, split=remote_split, streaming=True, **options)
+
+
+class RemoteTextFiles:
+    """Rows {"text": a whole file} of text files at URLs, as datasets' text builder with sample_by="document"
+    gives, read through fsspec directly: datasets' streaming text reader passes its `encoding` on to fsspec's
+    HTTP filesystem as a request option, which aiohttp rejects, so a text recipe never downloaded."""
+
+    def __init__(self, urls: list[str]):
+        import fsspec
+
+        self.urls = urls
+        for url in urls:  # unreachable fails here, when the source is opened, as datasets' loaders do
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.info(path)
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        import fsspec
+
+        for url in self.urls:
+            with fsspec.open(url, "rt", encoding="utf-8", compression="infer") as f:
+                yield {"text": f.read()}

@@ -28,17 +28,25 @@ def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore,
     resume = cfg.run.resume
     if resume not in ("auto", "never"):
         path = Path(resume)
+        if path.is_dir():
+            raise UserError(f"run.resume={resume} is a folder; give a checkpoint file (a run's checkpoints/"
+                            f"step-*.pt), or run.dir={resume} run.resume=auto to continue the run there")
         if not path.is_file():
             raise UserError(f"run.resume={resume}: no such checkpoint file; valid: auto, never, PATH")
         try:
             return path, checkpoint.load(path, map_location)
-        except checkpoint.CorruptCheckpoint as err:
-            raise UserError(f"run.resume={resume} is not a usable checkpoint: {err}") from None
+        except (checkpoint.CorruptCheckpoint, OSError, RuntimeError, EOFError) as err:
+            # the same failures CheckpointStore.latest() skips past; torch's own messages can run to many lines
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise UserError(f"run.resume={resume} is not a usable checkpoint: {reason}") from None
     found = store.latest(map_location) if resume == "auto" else None
     if found is not None:
         check_same_config(run_dir, cfg)
         return found
     if run_dir.exists() and any(run_dir.iterdir()):
+        if resume == "never":
+            raise UserError(f"run.dir={run_dir} already holds a run, and run.resume=never starts one only in an "
+                            "empty folder; choose another run.dir, or run.resume=auto to continue it")
         raise UserError(f"run.dir={run_dir} already holds a run without a usable checkpoint to resume; "
                         "choose another run.dir")
     return None

@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 
 from optbench.bench import launch, layout
 from optbench.bench.worker import work
+from tests.bench.proctree import child_env, child_with_args, kill_child
+from tests.required import missing
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -102,7 +104,7 @@ def test_pruning_stops_a_trial_that_is_clearly_worse(tmp_path, corpus):
 def bench_process(suite_path: Path, out: Path, workers: int = 1) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "optbench", "bench", str(suite_path), "--out", str(out),
                              "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=child_env())
 
 
 def wait_for(condition, timeout: float = 180.0) -> None:
@@ -136,6 +138,8 @@ def steps_logged(run: Path) -> list[int]:
             if "loss" in json.loads(line)]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_killing_the_bench_and_rerunning_finishes_without_redoing_trials(tmp_path, corpus):
     path = micro_suite(tmp_path, corpus, steps=300, seeds=(0,))
     out = tmp_path / "out"
@@ -159,6 +163,8 @@ def test_killing_the_bench_and_rerunning_finishes_without_redoing_trials(tmp_pat
     assert len(run_dirs(out)) == 4  # the final seed is the tuning seed: its run is the best trial's own
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_a_worker_killed_mid_trial_is_survived(tmp_path, corpus):
     path = micro_suite(tmp_path, corpus, steps=300, seeds=(0,), workers=2)
     out = tmp_path / "out"
@@ -168,8 +174,9 @@ def test_a_worker_killed_mid_trial_is_survived(tmp_path, corpus):
     worker = json.loads(layout.trial_file(killed).read_text())
     victims = [t for t in trials(out) if t.state == TrialState.RUNNING and t.user_attrs.get("run_dir") == str(killed)]
     slot = victims[0].user_attrs["worker"]
-    pids = subprocess.run(["pgrep", "-f", "--", f"--worker {slot} "], capture_output=True, text=True).stdout.split()
-    os.kill(int(pids[0]), signal.SIGKILL)
+    # The worker is found among this bench's own children, never by a machine-wide pattern match.
+    pid = child_with_args(proc.pid, "--worker", slot)
+    kill_child(proc.pid, pid, signal.SIGKILL)
 
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
@@ -180,9 +187,11 @@ def test_a_worker_killed_mid_trial_is_survived(tmp_path, corpus):
     assert steps == sorted(set(steps)) and steps[-1] == 300
 
 
-def test_slurm_array_through_submitit(tmp_path, corpus):
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_slurm_array_through_submitit(tmp_path, corpus, monkeypatch):
     """The Slurm path end to end, with submitit's local executor standing in for sbatch."""
-    pytest.importorskip("submitit")
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])  # the array tasks import this checkout
     suite, out, url = launch.prepare(micro_suite(tmp_path, corpus, seeds=(0,)), tmp_path / "out", None)
     jobs = launch.submit_slurm(suite, out, url, workers=2, cluster="local")
     ran = [job.result() for job in jobs]
@@ -194,9 +203,12 @@ def test_slurm_array_through_submitit(tmp_path, corpus):
 POSTGRES = os.environ.get("OPTBENCH_TEST_POSTGRES")
 
 
-@pytest.mark.skipif(not POSTGRES, reason="set OPTBENCH_TEST_POSTGRES=postgresql://USER:PW@HOST/DB (.ci/run starts "
-                                         "a local PostgreSQL and sets it) to test a shared PostgreSQL study")
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 def test_two_workers_share_a_postgresql_study(tmp_path, corpus):
+    if not POSTGRES:
+        missing("set OPTBENCH_TEST_POSTGRES=postgresql://USER:PW@HOST/DB (.ci/run starts a local PostgreSQL and "
+                "sets it) to test a shared PostgreSQL study")
     name = f"micro-{uuid.uuid4().hex[:8]}"  # studies of earlier runs stay in the database; this run's are its own
     suite, out, url = launch.prepare(micro_suite(tmp_path, corpus, seeds=(0, 1), name=name), tmp_path / "out",
                                      POSTGRES)

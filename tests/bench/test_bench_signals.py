@@ -1,0 +1,123 @@
+"""SIGTERM to a local bench (a Slurm preemption notice to the coordinator, `kill`, a CI timeout) reaches every
+worker: each running trial finishes its step, checkpoints and goes back to the queue; the bench exits with a
+one-line hint and no traceback; the same command again completes every trial without redoing a step.
+
+Workers are found among the coordinator's own children (tests/bench/proctree.py), never by a pattern
+matched over the whole machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from optbench.bench import layout
+from optbench.train.checkpoint import CheckpointStore
+from optbench.train.rundir import read_json
+from tests.bench.proctree import child_with_args, children, cmdline, hold, kill_child, send
+from tests.bench.test_bench_run import bench_process, micro_suite, run_dirs, steps_logged, trials, wait_for
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STEPS = 300
+
+
+def training(out: Path) -> list[Path]:
+    """Runs inside their training loop: running, with a train line written (the stop handlers are in place)."""
+    found = []
+    for run in run_dirs(out):
+        summary, metrics = run / "summary.json", run / "metrics.jsonl"
+        if summary.exists() and metrics.exists() and read_json(summary)["status"] == "running" \
+                and any('"loss"' in line for line in metrics.read_text().splitlines()[:-1]):
+            found.append(run)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+def test_sigterm_reaches_every_worker_whose_trials_checkpoint_and_requeue(tmp_path, corpus):
+    path = micro_suite(tmp_path, corpus, steps=STEPS, grid=(1e-3,), seeds=(0,), workers=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["optimizers"][1]["search"]["lr"]["grid"] = [1e-4]  # one trial per optimizer: both workers train at once
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    bench = bench_process(path, out, workers=2)
+    held = []  # the workers, by pidfd: cleaned up below even if a broken coordinator left them orphaned
+    try:
+        wait_for(lambda: len(training(out)) == 2)
+        workers = [child_with_args(bench.pid, "--worker", slot) for slot in ("0", "1")]
+        held = [(hold(bench.pid, pid), pid) for pid in workers]
+        bench.send_signal(signal.SIGTERM)  # to the coordinator alone, as Slurm or `kill PID` would
+        output, _ = bench.communicate(timeout=120)
+    finally:
+        for fd, pid in held:
+            send(fd, pid, signal.SIGKILL)  # a no-op when they exited as they should
+            if fd is not None:
+                os.close(fd)
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 128 + signal.SIGTERM, output  # as `optbench train` exits on SIGTERM
+    assert "stopped; run the same command again to continue" in output and "Traceback" not in output
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)  # both exited and were reaped
+    for slot in ("0", "1"):
+        assert "Traceback" not in layout.worker_log(out, slot).read_text()
+
+    stopped = run_dirs(out)
+    assert len(stopped) == 2
+    for run in stopped:
+        summary = read_json(run / "summary.json")
+        assert (summary["status"], summary["signal"]) == ("interrupted", "SIGTERM"), run
+        assert 0 < summary["steps"] < STEPS
+        assert CheckpointStore(run / "checkpoints").steps()[-1] == summary["steps"]  # saved where it stopped
+    failed = [t for t in trials(out) if t.state == TrialState.FAIL]
+    waiting = [t for t in trials(out) if t.state == TrialState.WAITING]
+    assert len(failed) == 2 and not any("error" in t.user_attrs for t in failed)  # stopped, not crashed
+    assert sorted(str(t.user_attrs["hparams"]) for t in waiting) == sorted(str(t.user_attrs["hparams"]) for t in failed)
+
+    rerun = bench_process(path, out)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    assert "report written to" in output
+    for run in stopped:
+        steps = steps_logged(run)
+        assert steps == sorted(set(steps)) and steps[-1] == STEPS  # resumed from its checkpoint: no step twice
+    assert sorted(t.state.name for t in trials(out) if t.state != TrialState.FAIL) == ["COMPLETE"] * 4
+
+
+@pytest.mark.xdist_group("processes")
+def test_a_worker_is_found_among_its_benchs_children_only():
+    """Two processes with one command line, one the child of a stand-in coordinator and one the test's own:
+    only the coordinator's is found and signalled (a machine-wide `pgrep -f` would match both)."""
+    marker = f"optbench-test-{uuid.uuid4().hex}"
+    command = [sys.executable, "-c", "import time; time.sleep(120)", "--worker", marker]
+    ours = subprocess.Popen(command)
+    coordinator = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])",
+                                    *command])
+    held = None
+    try:
+        wait_for(lambda: children(coordinator.pid), timeout=60)
+        pid = child_with_args(coordinator.pid, "--worker", marker)
+        held = (hold(coordinator.pid, pid), pid)
+        assert pid != ours.pid and cmdline(pid) == cmdline(ours.pid) == command
+        with pytest.raises(AssertionError, match="is not a child of"):
+            kill_child(coordinator.pid, ours.pid, signal.SIGKILL)
+        kill_child(coordinator.pid, pid, signal.SIGKILL)
+        assert coordinator.wait(timeout=60) == 0
+        assert ours.poll() is None  # the look-alike lives on
+    finally:
+        if held is not None:
+            send(*held, signal.SIGKILL)  # the coordinator's child, even if a failure above left it orphaned
+            if held[0] is not None:
+                os.close(held[0])
+        for proc in (ours, coordinator):
+            proc.kill()
+            proc.wait()
