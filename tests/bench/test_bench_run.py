@@ -111,7 +111,11 @@ def wait_for(condition, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+        time.sleep(0.05)
+
+
+KILLED_STEPS = 120
+"""Trials long enough (checkpointed every 10 steps) to be caught in the middle, short enough to redo quickly."""
 
 
 def mid_trial(out: Path) -> Path | None:
@@ -141,7 +145,7 @@ def steps_logged(run: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_killing_the_bench_and_rerunning_finishes_without_redoing_trials(tmp_path, corpus):
-    path = micro_suite(tmp_path, corpus, steps=300, seeds=(0,))
+    path = micro_suite(tmp_path, corpus, steps=KILLED_STEPS, seeds=(0,))
     out = tmp_path / "out"
     proc = bench_process(path, out)
     wait_for(lambda: finished(out) and mid_trial(out))
@@ -156,7 +160,7 @@ def test_killing_the_bench_and_rerunning_finishes_without_redoing_trials(tmp_pat
     for run, mtime in done_before.items():
         assert (run / "metrics.jsonl").stat().st_mtime_ns == mtime  # finished trials were not run again
     steps = steps_logged(killed)
-    assert steps == sorted(set(steps)) and steps[-1] == 300  # resumed from its checkpoint: no step twice
+    assert steps == sorted(set(steps)) and steps[-1] == KILLED_STEPS  # resumed from its checkpoint: no step twice
     complete = [t for t in trials(out) if t.state == TrialState.COMPLETE]
     assert len(complete) == 2 * (2 + 1)  # per optimizer 2 grid points and 1 final seed, each once
     assert len({(t.user_attrs["run_dir"], t._trial_id) for t in complete}) == len(complete)
@@ -166,7 +170,7 @@ def test_killing_the_bench_and_rerunning_finishes_without_redoing_trials(tmp_pat
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_a_worker_killed_mid_trial_is_survived(tmp_path, corpus):
-    path = micro_suite(tmp_path, corpus, steps=300, seeds=(0,), workers=2)
+    path = micro_suite(tmp_path, corpus, steps=KILLED_STEPS, seeds=(0,), workers=2)
     out = tmp_path / "out"
     proc = bench_process(path, out, workers=2)
     wait_for(lambda: mid_trial(out))
@@ -184,7 +188,7 @@ def test_a_worker_killed_mid_trial_is_survived(tmp_path, corpus):
     assert (TrialState.FAIL, worker["hparams"]) in states  # the dead worker's trial, failed by its stale heartbeat
     assert (TrialState.COMPLETE, worker["hparams"]) in states  # and its requeued copy, finished by another worker
     steps = steps_logged(killed)
-    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert steps == sorted(set(steps)) and steps[-1] == KILLED_STEPS
 
 
 @pytest.mark.slow
