@@ -1,6 +1,8 @@
 """The leaderboard report of a bench output folder: `write_report(OUT)` writes OUT/report/.
 
-    report.md           Markdown tables, figures referenced as plots/*.png
+    report.md           Markdown tables, figures referenced as plots/*.png; per scenario a Statistics
+                        block (statistics.py: target test, one-sided pairwise tests and seeds needed,
+                        tuning burden, grid neighbours of the best hyperparameters)
     report.html         one self-contained page (figures embedded, no external resources)
     leaderboard.csv     every scenario's leaderboard, raw numbers
     runs.csv            every run: scenario, optimizer, phases, seed, hyperparameters, status, loss, ...
@@ -101,4 +103,18 @@ def _section(bench: Bench, result: ScenarioResult, plots_dir: Path, palette: dic
         "pairwise": tables.display_pairwise(result.pairwise) if len(result.pairwise) > 1 else None,
         "without_final": result.without_final,
         "figures": figures,
+        "statistics": _statistics(result),
+    }
+
+
+def _statistics(result: ScenarioResult) -> dict[str, Any]:
+    """The "Statistics" block of a scenario (statistics.py), each table None where it has no rows."""
+    target = result.scenario.target_loss
+    return {
+        "alpha": result.alpha,
+        "target": (tables.display_target(result.table, target, result.alpha)
+                   if target is not None and len(result.table) else None),
+        "pairs": tables.display_pairs(result.pairs, result.alpha) if len(result.pairs) else None,
+        "burden": tables.display_burden(result.burden) if len(result.burden) else None,
+        "neighbours": tables.display_neighbours(result.neighbours) if len(result.neighbours) else None,
     }

@@ -15,7 +15,7 @@ import pandas as pd
 
 from optbench.bench.suite import Scenario, search_space
 from optbench.optim.search_space import LogUniform, Uniform, grid_points
-from optbench.report import measures
+from optbench.report import measures, statistics
 from optbench.report.load import MISSING, Bench, Run
 from optbench.report.significance import pairwise_p, welch_p
 from optbench.report.speedup import PowerLaw, anchored, select_fit, speedup
@@ -32,6 +32,14 @@ class ScenarioResult:
     """One row per optimizer with final runs, best mean final loss first."""
     pairwise: pd.DataFrame
     """Welch p-values between the final losses of every two optimizers."""
+    alpha: float = statistics.ALPHA
+    """The significance level of the pass/fail verdicts (the suite's, or statistics.ALPHA)."""
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """One-sided Welch tests and seeds needed per pair of optimizers (statistics.pairs_table)."""
+    burden: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Per optimizer with tuning runs: trials until within 1% of its best tuning loss."""
+    neighbours: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Per optimizer and tuned hyperparameter: the loss one grid step either side of the best."""
     without_final: list[str] = field(default_factory=list)
     """Optimizers of the suite with no final run in this scenario (not on the leaderboard)."""
 
@@ -40,21 +48,43 @@ def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
     suite = bench.suite
     baseline = bench.select(scenario.name, suite.baseline, "final")
     fit = baseline_fit(bench, scenario)
-    rows, losses, without = [], {}, []
+    alpha = statistics.alpha_of(suite)
+    rows, losses, without, burden, ablation = [], {}, [], [], []
     for entry in suite.optimizers:
+        tuning = bench.select(scenario.name, entry.name, "tune")
         finals = bench.select(scenario.name, entry.name, "final")
+        if tuning:
+            trials, best, total = statistics.trials_to_within(tuning)
+            burden.append({"optimizer": entry.name, "trials_to_1pct": trials, "tune_trials": total,
+                           "best_tune_loss": best})
+            chosen = finals[0].hparams if finals else _best_tuning_hparams(tuning)
+            if chosen is not None:
+                table = statistics.neighbours(search_space(entry), chosen, tuning)
+                table.insert(0, "optimizer", entry.name)
+                ablation.append(table)
         if not finals:
             without.append(entry.name)
             continue
         losses[entry.name] = measures.final_losses(finals)
-        rows.append(_row(bench, scenario, entry.name, finals, baseline, fit))
+        rows.append(_row(bench, scenario, entry.name, finals, baseline, fit, alpha))
     table = pd.DataFrame(rows)
     if len(table):
         table = _add_ratios(table, suite.baseline)
         table = table.sort_values("final_loss_mean", na_position="last", kind="stable").reset_index(drop=True)
         table.insert(1, "rank", np.arange(1, len(table) + 1))
+    burden_table = pd.DataFrame(burden, columns=["optimizer", "trials_to_1pct", "tune_trials", "best_tune_loss"])
+    if len(table):
+        found = dict(zip(burden_table["optimizer"], burden_table["trials_to_1pct"]))
+        table["tune_trials_to_1pct"] = [found.get(name, math.nan) for name in table["optimizer"]]
     return ScenarioResult(scenario=scenario, fit=fit, table=table, pairwise=pairwise_p(losses),
-                          without_final=without)
+                          without_final=without, alpha=alpha, pairs=statistics.pairs_table(losses, alpha),
+                          burden=burden_table,
+                          neighbours=pd.concat(ablation, ignore_index=True) if ablation else pd.DataFrame())
+
+
+def _best_tuning_hparams(runs: list[Run]) -> dict | None:
+    done = measures.completed(runs)
+    return min(done, key=lambda r: r.final_loss).hparams if done else None
 
 
 def baseline_fit(bench: Bench, scenario: Scenario) -> PowerLaw | None:
@@ -76,7 +106,7 @@ def baseline_fit(bench: Bench, scenario: Scenario) -> PowerLaw | None:
 
 
 def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baseline: list[Run],
-         fit: PowerLaw | None) -> dict:
+         fit: PowerLaw | None, alpha: float) -> dict:
     done = measures.completed(finals)
     losses = measures.final_losses(finals)
     mean = float(losses.mean()) if len(losses) else math.nan
@@ -86,6 +116,9 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
     steps, seconds = measures.steps_to_target(ended, scenario.target_loss)
     tuning = Counter(r.status for r in bench.select(scenario.name, name, "tune"))
     is_baseline = name == bench.suite.baseline
+    base_losses = measures.final_losses(baseline)
+    t, p_target = (statistics.target_test(losses, scenario.target_loss) if scenario.target_loss is not None
+                   else (math.nan, math.nan))
     return {
         "scenario": scenario.name,
         "optimizer": name,
@@ -107,6 +140,11 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
         "pruned": tuning["pruned"],
         "failed": tuning["failed"],
         "incomplete": sum(tuning[s] for s in INCOMPLETE),
+        "t_vs_target": t,
+        "p_below_target": p_target,
+        "below_target": (None if math.isnan(p_target) else bool(p_target < alpha)),
+        "p_below_baseline": math.nan if is_baseline else statistics.welch_less_p(losses, base_losses),
+        "seeds_vs_baseline": math.nan if is_baseline else statistics.seeds_needed(losses, base_losses, alpha),
     }
 
 

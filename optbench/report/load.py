@@ -36,6 +36,8 @@ class Run:
     evals: list[dict[str, Any]] = field(default_factory=list)
     train: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
+    trial: int | None = None
+    """The tuning trial's number where trial.json records one (`trial` or `number`); None otherwise."""
 
     @property
     def status(self) -> str:
@@ -116,7 +118,15 @@ def _read_run(path: Path) -> Run | None:
                summary=_read_json(path / "summary.json") or {},
                evals=[line for line in lines if "val_loss" in line],
                train=[line for line in lines if "val_loss" not in line],
-               env=_read_json(path / "env.json") or {})
+               env=_read_json(path / "env.json") or {}, trial=_trial_number(trial))
+
+
+def _trial_number(trial: dict[str, Any]) -> int | None:
+    for key in ("trial", "number"):
+        value = trial.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _read_json(path: Path) -> Any:

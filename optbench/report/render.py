@@ -15,6 +15,25 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 TEMPLATE = "report.html.j2"
 
+STATS_NOTES = {
+    "target": "modded-nanogpt's rule for reaching the target: a one-sample t-test over seeds of H1: mean final "
+              "loss < target: t = (mean − target)/(s/√n), p = P(T ≤ t) with n − 1 degrees of freedom; pass when "
+              "p < α={alpha:g}.",
+    "pairs": "One-sided Welch t-test of H1: the better optimizer's mean final loss is below the worse one's. Seeds "
+             "needed: per optimizer, for a one-sided two-sample t-test at α={alpha:g} to detect the measured gap "
+             "with power 0.8, the sd being √((s₁² + s₂²)/2) (exact, noncentral t).",
+    "burden": "Tuning burden: tuning trials, in the order they were run, until the first whose final loss is within "
+              "1% of the best tuning loss (diverged and failed trials count). AlgoPerf's repeated tuning studies "
+              "need several studies per optimizer from the bench and are not reported.",
+    "neighbours": "Sensitivity of the chosen hyperparameters (Marin's ablation): the tuning loss one grid step "
+                  "either side of the best value, the others held at best, as value: loss.",
+}
+
+
+def stats_notes(alpha: float) -> dict[str, str]:
+    return {k: v.format(alpha=alpha) for k, v in STATS_NOTES.items()}
+
+
 EDGE_NOTE = "A starred hyperparameter is at the edge of its tuning grid: its optimum may lie beyond it."
 
 
@@ -60,6 +79,12 @@ def _markdown_section(section: dict[str, Any]) -> list[str]:
         lines += ["Welch's t-test p-values between final losses:", "", _md(section["pairwise"]), ""]
     for figure in section["figures"]:
         lines += [f"![{figure['caption']}]({figure['path']})", ""]
+    stats = section["statistics"]
+    notes = stats_notes(stats["alpha"])
+    lines += [f"### Statistics: `{section['name']}`", ""]
+    for key in ("target", "pairs", "burden", "neighbours"):
+        if stats[key] is not None:
+            lines += [notes[key], "", _md(stats[key], numparse=False), ""]
     return lines
 
 
@@ -69,8 +94,9 @@ def _scenario_line(section: dict[str, Any]) -> str:
     return f"Target loss: {target}{ladder}."
 
 
-def _md(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False)
+def _md(table: pd.DataFrame, numparse: bool = True) -> str:
+    """A Markdown table; numparse=False keeps formatted numbers as written (2.4870 stays 2.4870)."""
+    return table.to_markdown(index=False, disable_numparse=not numparse)
 
 
 def _versions(seen: dict[str, int]) -> str:
@@ -84,6 +110,7 @@ def write_html(path: Path, context: dict[str, Any], report_dir: Path) -> None:
     env.filters["data_uri"] = lambda rel: _data_uri(report_dir / rel)
     env.globals["scenario_line"] = _scenario_line
     env.globals["versions"] = _versions
+    env.globals["stats_notes"] = stats_notes
     path.write_text(env.get_template(TEMPLATE).render(**context, edge_note=EDGE_NOTE))
 
 

@@ -130,3 +130,72 @@ def _ratio_of(ratio: float, value: float, template: str, first: bool = False) ->
 def _trials(row: dict[str, Any]) -> str:
     parts = [f"{row[k]} {k}" for k in ("diverged", "pruned", "failed", "incomplete") if row[k]]
     return f"{row['tune_trials']}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+# ----------------------------------------------------------------------------- statistics (statistics.py)
+
+
+def display_target(table: pd.DataFrame, target: float, alpha: float) -> pd.DataFrame:
+    """modded-nanogpt's rule per optimizer: one-sample t-test of H1: mean final loss < target."""
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "final val loss": _loss(row),
+        "t": _number(row["t_vs_target"], "{:.2f}"),
+        f"p (mean < {target:g})": p_text(row["p_below_target"]),
+        f"below target at α={alpha:g}": verdict_text(row["p_below_target"], alpha),
+    } for row in table.to_dict("records")])
+
+
+def display_pairs(pairs: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Each pair, the lower mean first: the gap, the one-sided Welch p, and the seeds that would resolve it."""
+    return pd.DataFrame([{
+        "better": row["better"],
+        "worse": row["worse"],
+        "gap": _number(row["gap"], "{:.4f}"),
+        "p (better < worse)": p_text(row["p_less"]),
+        f"significant at α={alpha:g}": verdict_text(row["p_less"], alpha, "yes", "no"),
+        "seeds run": f"{row['n_better']} / {row['n_worse']}",
+        "seeds needed (each, power 0.8)": seeds_text(row["seeds_needed"]),
+    } for row in pairs.to_dict("records")])
+
+
+def display_burden(burden: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "tuning trials": str(row["tune_trials"]),
+        "best tuning loss": _number(row["best_tune_loss"], "{:.4f}"),
+        "trials to within 1% of best": _number(row["trials_to_1pct"], "{:.0f}"),
+    } for row in burden.to_dict("records")])
+
+
+def display_neighbours(table: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and tuned hyperparameter: the loss at the best value and one grid step either side."""
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "hyperparameter": row["hparam"],
+        "one step below": _neighbour(row["below_value"], row["below_loss"], row["below_note"]),
+        "best": _neighbour(row["best"], row["loss_at_best"], row["note_at_best"]),
+        "one step above": _neighbour(row["above_value"], row["above_loss"], row["above_note"]),
+    } for row in table.to_dict("records")])
+
+
+def verdict_text(p: float, alpha: float, yes: str = "pass", no: str = "fail") -> str:
+    if p is None or math.isnan(p):
+        return DASH
+    return yes if p < alpha else no
+
+
+def seeds_text(n: float) -> str:
+    if math.isnan(n):
+        return DASH
+    return "more than 10000" if math.isinf(n) else f"{n:.0f}"
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _neighbour(value: Any, loss: float, note: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return note or DASH
+    return f"{_value(value)}: " + (f"{loss:.4f}" if not math.isnan(loss) else (note or DASH))

@@ -4,7 +4,7 @@
 
 A copy of the page gets a script that, once everything has loaded, writes a JSON verdict into
 <pre id="browser-check">: for every <img> whether it decoded (complete and naturalWidth > 0), and the
-number of body rows of each table.leaderboard. Chromium's --dump-dom prints the DOM after the page's
+number of body rows of each table.leaderboard and of each table in a scenario's Statistics block. Chromium's --dump-dom prints the DOM after the page's
 scripts ran, so the verdict is read back from there. The screenshot is of the unmodified report.
 """
 
@@ -32,8 +32,13 @@ window.addEventListener("load", function () {
   document.querySelectorAll("table.leaderboard").forEach(function (table) {
     leaderboards[table.dataset.scenario] = table.querySelectorAll("tbody > tr").length;
   });
+  var statistics = {};
+  document.querySelectorAll(".statistics table").forEach(function (table) {
+    var scenario = statistics[table.dataset.scenario] = statistics[table.dataset.scenario] || {};
+    scenario[table.className] = table.querySelectorAll("tbody > tr").length;
+  });
   document.getElementById("browser-check").textContent =
-    JSON.stringify({loaded: true, images: images, leaderboards: leaderboards});
+    JSON.stringify({loaded: true, images: images, leaderboards: leaderboards, statistics: statistics});
 });
 </script>
 """

@@ -26,5 +26,8 @@ def test_report_renders_in_chromium(tmp_path):
     assert verdict["images"] and all(img["ok"] and img["width"] > 100 for img in verdict["images"])
     assert sum(img["alt"].startswith("s: ") for img in verdict["images"]) >= 1
     assert verdict["leaderboards"] == {"s": 3}
+    # 3 optimizers with final runs (target test), 3 pairs, 4 with tuning runs, 2 tuned keys each
+    assert verdict["statistics"] == {"s": {"stats-target": 3, "stats-pairs": 3, "stats-burden": 4,
+                                           "stats-neighbours": 8}}
     assert verdict["screenshot"] == str(shot.resolve())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

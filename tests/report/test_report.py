@@ -16,7 +16,8 @@ from tests.report.synthetic import curve, power_law_bench, write_run, write_suit
 LEADERBOARD_COLUMNS = ["scenario", "rank", "optimizer", "n_final", "final_loss_mean", "final_loss_std", "hparams", "at_grid_edge",
                        "tokens", "speedup", "steps_to_target", "wall_s_to_target", "step_time_s",
                        "step_time_ratio", "state_bytes_per_param", "state_ratio", "peak_mem_bytes", "p_value",
-                       "tune_trials", "diverged", "pruned", "failed", "incomplete"]
+                       "tune_trials", "diverged", "pruned", "failed", "incomplete", "t_vs_target", "p_below_target",
+                       "below_target", "p_below_baseline", "seeds_vs_baseline", "tune_trials_to_1pct"]
 
 
 @pytest.fixture(scope="module")
