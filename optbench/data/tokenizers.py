@@ -3,7 +3,8 @@
 Specs (`data.tokenizer`, or a recipe's default):
   gpt2       GPT-2 BPE via tiktoken, read offline from <mirror>/tokenizers/gpt2.tiktoken when present
   char       one id per distinct character of the corpus, sorted (nanoGPT's shakespeare_char)
-  hf:NAME    a tokenizer from the Hugging Face hub, e.g. hf:gpt2 (needs network or the HF cache)
+  hf:NAME    a tokenizer from the Hugging Face hub, e.g. hf:gpt2 or hf:t5-base; read offline from
+             <mirror>/tokenizers/NAME/tokenizer.json when present, else needs network or the HF cache
   hf:PATH    a tokenizer.json file, or a folder holding one, for the `tokenizers` library
 """
 
@@ -166,13 +167,18 @@ def make_tokenizer(spec: str, mirror: str | os.PathLike | None = None,
             raise ValueError("a char tokenizer needs corpus_chars")
         return CharTokenizer("".join(sorted(set(corpus_chars))))
     if spec.startswith("hf:") and len(spec) > 3:
-        return _hf_tokenizer(spec)
+        return _hf_tokenizer(spec, mirror)
     near = closest(spec, ("gpt2", "char", "hf:"), n=1)
     raise UserError(f"unknown data.tokenizer '{spec}' (closest: {near[0]}); valid: {', '.join(SPECS)}")
 
 
-def _hf_tokenizer(spec: str) -> HFTokenizer:
-    """`hf:PATH` (tokenizer.json or a folder holding one) or `hf:NAME` on the hub."""
+def mirror_tokenizer_file(name: str, mirror: str | os.PathLike | None) -> Path | None:
+    """Where an `hf:NAME` tokenizer is read offline: <mirror>/tokenizers/NAME/tokenizer.json."""
+    return Path(mirror) / "tokenizers" / name / "tokenizer.json" if mirror else None
+
+
+def _hf_tokenizer(spec: str, mirror: str | os.PathLike | None = None) -> HFTokenizer:
+    """`hf:PATH` (tokenizer.json or a folder holding one), or `hf:NAME`: the mirror's copy, else the hub."""
     from tokenizers import Tokenizer as RustTokenizer
 
     target = spec[3:]
@@ -183,12 +189,17 @@ def _hf_tokenizer(spec: str) -> HFTokenizer:
         return HFTokenizer(RustTokenizer.from_file(str(path)), spec)
     looks_local = target.endswith(".json") or target.startswith((".", "/", "~"))
     check(not looks_local, f"data.tokenizer '{spec}': no tokenizer file at {path}")
+    copy = mirror_tokenizer_file(target, mirror)
+    if copy is not None and copy.is_file():  # the name is kept, so meta.json and run names do not depend on it
+        return HFTokenizer(RustTokenizer.from_file(str(copy)), spec)
     try:
         return HFTokenizer(RustTokenizer.from_pretrained(target), spec)
     except Exception as error:  # hub and network failures surface as many different types
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"data.tokenizer '{spec}': cannot load '{target}' from the hub ({first}); "
-                        "offline, use hf:PATH/tokenizer.json") from error
+        first = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        where = copy if copy is not None else f"<data.mirror>/tokenizers/{target}/tokenizer.json"
+        raise UserError(f"data.tokenizer '{spec}': cannot load '{target}' from the hub ({first}); offline, "
+                        f"download https://huggingface.co/{target}/resolve/main/tokenizer.json to {where} "
+                        "(or set data.tokenizer=hf:PATH/tokenizer.json)") from error
 
 
 def from_meta(meta: dict[str, Any]) -> Tokenizer:

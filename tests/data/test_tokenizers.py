@@ -59,3 +59,21 @@ def test_bad_tokenizer_spec_is_one_line_user_error(spec, expected):
     with pytest.raises(UserError) as error:
         make_tokenizer(spec)
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
+def test_hub_name_is_read_offline_from_the_mirror(tmp_path, hf_tokenizer_json):
+    """hf:NAME (s4s-stage1's hf:t5-base) finds <mirror>/tokenizers/NAME/tokenizer.json before the hub."""
+    (tmp_path / "tokenizers" / "t5-base").mkdir(parents=True)
+    hf_tokenizer_json(tmp_path / "tokenizers" / "t5-base" / "tokenizer.json")
+    tok = make_tokenizer("hf:t5-base", tmp_path)
+    assert tok.name == "hf:t5-base" and tok.vocab_size == 8 and tok.encode("hello the cat") == [2, 4, 5]
+    assert from_meta(json.loads(json.dumps(tok.to_meta()))).encode("hello world") == [2, 3]
+
+
+def test_hub_name_offline_says_what_to_download_and_where(tmp_path):
+    with pytest.raises(UserError) as error:
+        make_tokenizer("hf:t5-base", tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("data.tokenizer 'hf:t5-base': cannot load 't5-base'")
+    assert "download https://huggingface.co/t5-base/resolve/main/tokenizer.json" in message
+    assert f"to {tmp_path / 'tokenizers' / 't5-base' / 'tokenizer.json'}" in message
