@@ -145,12 +145,14 @@ def discard_dead_attempt(run: Path) -> None:
 
 def record_trial(run: Path, suite: Suite, claim: Claim, overrides: list[str]) -> None:
     """trial.json: what the report needs to place this run; phases accumulate (a final run at the tuning
-    seed is the tuning trial's own run directory)."""
+    seed is the tuning trial's own run directory). `trial` is the tuning study's number of the first attempt at
+    this configuration (a requeued attempt keeps it): the order the tuning burden is counted in."""
     path = layout.trial_file(run)
-    phases = read_json(path)["phases"] if path.exists() else []
+    previous = read_json(path) if path.exists() else {}
+    number = previous.get("trial", claim.trial.number if claim.phase == "tune" else None)
     write_json(path, {"suite": suite.name, "scenario": claim.scenario.name, "optimizer": claim.entry.name,
-                      "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides,
-                      "phases": sorted(set(phases) | {claim.phase}, key=("tune", "final").index)})
+                      "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides, "trial": number,
+                      "phases": sorted(set(previous.get("phases", [])) | {claim.phase}, key=("tune", "final").index)})
 
 
 class PruningObserver:

@@ -79,6 +79,11 @@ def step_times(run: Run) -> list[float]:
 
 
 def median_step_time(runs: Sequence[Run]) -> float:
+    """The median over runs of each run's median timed step (forward, backward, update; summary.json's
+    step_time_s, warm-up left out). Runs written before the trainer recorded it fall back to the train lines."""
+    recorded = [r.summary["step_time_s"] for r in runs if r.summary.get("step_time_s")]
+    if recorded:
+        return median(recorded)
     return median([t for r in runs for t in step_times(r)])
 
 

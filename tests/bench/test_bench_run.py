@@ -69,6 +69,9 @@ def test_a_suite_runs_to_final_seeds_and_a_rerun_redoes_nothing(tmp_path, corpus
     assert len(runs) == 2 * 3  # the final run at the tuning seed is the tuning trial's own directory
     records = [json.loads((r / "trial.json").read_text()) for r in runs]
     assert sorted(tuple(r["phases"]) for r in records).count(("tune", "final")) == 2
+    for name in ("adamw", "lion"):  # each tuning study numbers its trials in the order they were run
+        assert sorted(r["trial"] for r in records if r["optimizer"] == name and "tune" in r["phases"]) == [0, 1]
+    assert all(r["trial"] is None for r in records if r["phases"] == ["final"])
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == 20

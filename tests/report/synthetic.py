@@ -61,7 +61,8 @@ def write_run(out: Path, scenario: str, optimizer: str, seed: int, hparams: dict
         record = {"status": status, "final_val_loss": losses[-1] if losses else None,
                   "best_val_loss": min(losses) if losses else None, "steps": steps,
                   "tokens": steps * tokens_per_step, "wall_s": steps * step_time,
-                  "tokens_per_s": tokens_per_step / step_time, "peak_mem_bytes": 64 * 2**20,
+                  "tokens_per_s": tokens_per_step / step_time, "step_time_s": step_time,
+                  "peak_mem_bytes": 64 * 2**20,
                   "optim_state_bytes": int(state_bytes_per_param * N_PARAMS), "n_params": N_PARAMS,
                   "n_params_non_embedding": N_PARAMS // 2, "run_dir": str(path)}
         (path / "summary.json").write_text(json.dumps(record))

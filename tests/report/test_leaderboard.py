@@ -142,3 +142,16 @@ def test_a_best_value_at_the_edge_of_its_grid_is_flagged(tmp_path):
     assert row["at_grid_edge"] == "lr"  # 1e-2 is the top of adamw's lr grid; beta2 and weight decay are choices
     shown = display_leaderboard(result.table, result.fit, has_target=False)
     assert shown.loc[0, "best hyperparameters"] == "beta2=0.95, lr=0.01*, weight_decay=0"
+
+
+def test_step_time_is_the_trainers_median_timed_step_not_the_logged_throughput(tmp_path):
+    """summary.json's step_time_s (forward, backward and update only) is the column; the train lines' throughput
+    is only a fallback for runs written before the trainer recorded it."""
+    from optbench.report.load import Run
+    from optbench.report.measures import median_step_time
+
+    lines = [{"step": s, "tokens": 100 * s, "tokens_per_s": 100 / 0.5} for s in (1, 2, 3)]  # 0.5 s a step
+    timed = Run(tmp_path, "s", "adamw", {}, 0, ("final",), summary={"step_time_s": 0.1}, train=lines)
+    older = Run(tmp_path, "s", "adamw", {}, 0, ("final",), summary={}, train=lines)
+    assert median_step_time([timed]) == pytest.approx(0.1)
+    assert median_step_time([older]) == pytest.approx(0.5)
