@@ -63,7 +63,8 @@ def check_runs(suite: Suite) -> list:
                     optim.make_config(entry.name, **{**flat_fixed, key: value})
         first = {key: grid_points(dim)[0] for key, dim in space.items()}
         for scenario in suite.scenarios:
-            configs.append(compose(run_overrides(suite, scenario, entry, first, suite.tuning.seed)))
+            if suite.runs_in(entry, scenario):
+                configs.append(compose(run_overrides(suite, scenario, entry, first, suite.tuning.seed)))
     return configs
 
 
@@ -73,7 +74,8 @@ def check_compatible(suite: Suite, out: Path) -> None:
     path = layout.suite_file(out)
     if not path.exists():
         return
-    old = OmegaConf.to_container(OmegaConf.load(path))
+    # Both through the schema, so a field added to the format since (at its default) is no change of protocol.
+    old = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Suite), OmegaConf.load(path)))
     new = OmegaConf.to_container(OmegaConf.create(to_yaml(suite)))
     for key in ("name", "baseline", "base", "scenarios", "tuning"):
         if old.get(key) != new.get(key):
@@ -244,15 +246,14 @@ def progress(suite: Suite, url: str) -> list[dict]:
 
     storage = open_storage(url, suite.execution)
     rows = []
-    for scenario in suite.scenarios:
-        for entry in suite.optimizers:
-            row = {"scenario": scenario.name, "optimizer": entry.name}
-            for phase in ("tune", "final"):
-                trials = load_study(suite, storage, scenario.name, entry.name, phase).get_trials(deepcopy=False)
-                row[phase] = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
-                              if any(t.state == state for t in trials)}
-                if phase == "final":
-                    row["final_losses"] = [t.value for t in trials if t.state == TrialState.COMPLETE
-                                           and t.value is not None and math.isfinite(t.value)]
-            rows.append(row)
+    for scenario, entry in suite.pairs():
+        row = {"scenario": scenario.name, "optimizer": entry.name}
+        for phase in ("tune", "final"):
+            trials = load_study(suite, storage, scenario.name, entry.name, phase).get_trials(deepcopy=False)
+            row[phase] = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
+                          if any(t.state == state for t in trials)}
+            if phase == "final":
+                row["final_losses"] = [t.value for t in trials if t.state == TrialState.COMPLETE
+                                       and t.value is not None and math.isfinite(t.value)]
+        rows.append(row)
     return rows

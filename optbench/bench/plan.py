@@ -64,7 +64,7 @@ def seed_sampler(study: optuna.Study, suite: Suite, n_trials: int) -> None:
 def claim_next(suite: Suite, storage) -> Claim | str:
     """The next trial to run, claimed; WAIT if only running trials remain to decide; DONE at the end."""
     waiting = False
-    for scenario, entry in itertools.product(suite.scenarios, suite.optimizers):
+    for scenario, entry in suite.pairs():
         tune = load_study(suite, storage, scenario.name, entry.name, "tune")
         tune_trials = _trials(tune)
         seed_sampler(tune, suite, len(tune_trials))

@@ -64,6 +64,10 @@ class OptimizerEntry:
     {choice: [...]}, each with an optional grid: [...]; a key mapped to null is not tuned."""
     trials: int | None = None
     """This optimizer's tuning budget; None: tuning.trials."""
+    scenarios: list[str] | None = None
+    """The scenarios this optimizer runs in; None: every one. For a method whose paper runs it in a setting of
+    its own (Schedule-Free AdamW without a schedule, muLO on a muP model), so the other optimizers are not
+    made to run there and it is not made to run elsewhere."""
 
 
 @dataclass
@@ -140,6 +144,13 @@ class Suite:
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.scenarios if s.name == name)
 
+    def runs_in(self, entry: OptimizerEntry, scenario: Scenario) -> bool:
+        return entry.scenarios is None or scenario.name in entry.scenarios
+
+    def pairs(self) -> list[tuple[Scenario, OptimizerEntry]]:
+        """Every (scenario, optimizer) the suite runs, scenarios in order, then optimizers."""
+        return [(s, o) for s in self.scenarios for o in self.optimizers if self.runs_in(o, s)]
+
     def optimizer(self, name: str) -> OptimizerEntry:
         return next(o for o in self.optimizers if o.name == name)
 
@@ -215,6 +226,9 @@ def validate(suite: Suite) -> None:
         check(not set(space) & set(entry.fixed),
               f"optimizer {entry.name} both fixes and tunes {sorted(set(space) & set(entry.fixed))}")
         check(entry.trials is None or entry.trials > 0, f"optimizers.{entry.name}.trials must be positive")
+        for name in entry.scenarios or ():
+            check_choice(f"optimizers.{entry.name}.scenarios", name, [s.name for s in suite.scenarios])
+        check(entry.scenarios is None or bool(entry.scenarios), f"optimizers.{entry.name}.scenarios is empty")
     if suite.execution.slurm.extra:  # a typo here would otherwise surface as submitit's NameError at --slurm
         from submitit.slurm.slurm import SlurmExecutor
 
@@ -226,6 +240,9 @@ def validate(suite: Suite) -> None:
     check(suite.baseline in [o.name for o in suite.optimizers],
           f"baseline '{suite.baseline}' is not among the suite's optimizers; valid: "
           f"{', '.join(o.name for o in suite.optimizers)}")
+    check(suite.optimizer(suite.baseline).scenarios is None,
+          f"the baseline {suite.baseline} must run in every scenario (every ratio and speedup is against it); "
+          f"remove optimizers.{suite.baseline}.scenarios")
 
 
 def _unique(what: str, names: list[str]) -> None:

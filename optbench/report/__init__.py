@@ -65,12 +65,14 @@ def write_report(out_dir: Path, report_dir: Path | None = None) -> dict[str, Pat
 
 def steps_matrix(bench: Bench, results: list[ScenarioResult]) -> pd.DataFrame:
     """Median steps to target of the final runs, scenarios by optimizers; inf where not reached, where the
-    scenario has no target, or where the optimizer has no final runs (AlgoPerf counts those as failures)."""
-    names = [o.name for o in bench.suite.optimizers]
+    scenario has no target, or where the optimizer has no final runs (AlgoPerf counts those as failures).
+    An optimizer the suite runs in some scenarios only (its `scenarios` list) is compared within those, on the
+    leaderboards, and left out of the profile across scenarios."""
+    names = [o.name for o in bench.suite.optimizers if o.scenarios is None]
     steps = pd.DataFrame(math.inf, index=[r.scenario.name for r in results], columns=names, dtype=float)
     for result in results:
         for row in result.table.to_dict("records"):
-            if not math.isnan(row["steps_to_target"]):
+            if row["optimizer"] in names and not math.isnan(row["steps_to_target"]):
                 steps.loc[result.scenario.name, row["optimizer"]] = row["steps_to_target"]
     return steps
 

@@ -50,7 +50,7 @@ def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
     fit = baseline_fit(bench, scenario)
     alpha = statistics.alpha_of(suite)
     rows, losses, without, burden, ablation = [], {}, [], [], []
-    for entry in suite.optimizers:
+    for entry in [e for e in suite.optimizers if suite.runs_in(e, scenario)]:
         tuning = bench.select(scenario.name, entry.name, "tune")
         finals = bench.select(scenario.name, entry.name, "final")
         if tuning:

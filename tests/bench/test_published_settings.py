@@ -35,12 +35,16 @@ EPFL_SCENARIOS = {
     "cos-64k": {**EPFL_COSINE, "train.steps": 64000},
     "wsd-16k": {"schedule.name": "wsd", "schedule.warmup_steps": 2000, "schedule.decay_frac": 0.2,
                 "schedule.decay_shape": "sqrt", "schedule.final_lr_frac": 0.0, "train.steps": 16000},
+    "none-16k": {"schedule.name": "constant", "schedule.warmup_steps": 0, "train.steps": 16000},  # --scheduler none
 }
 _EPFL_ADAMW_PART = {"backup.lr": 1e-3, "backup.beta1": 0.8, "backup.beta2": 0.999, "backup.weight_decay": 0.1,
                     "backup.decay_embeddings": False}
 _NO_EMB_DECAY = {"decay_embeddings": False}  # base.py: the tied embedding is not weight-decayed
 EPFL_OPTIMIZERS = {
     "adamw": (1e-3, {"beta1": 0.8, "beta2": 0.999, "weight_decay": 0.1, **_NO_EMB_DECAY}),
+    # scripts/124m/sf-adamw.sh + main.py: its own warmup of --warmup_steps, r and weight_lr_power defaults
+    "sf-adamw": (1e-3, {"beta1": 0.9, "beta2": 0.9999, "warmup_steps": 2000, "r": 0.0, "weight_lr_power": 2.0,
+                        "weight_decay": 0.1, **_NO_EMB_DECAY}),
     "adopt": (1e-3, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "decouple": True, "weight_decay": 0.1,
                      **_NO_EMB_DECAY}),
     "ademamix": (1e-3, {"beta1": 0.9, "beta2": 0.999, "beta3": 0.999, "alpha": 8.0, "alpha_warmup": None,
@@ -162,6 +166,12 @@ MODDED_OPTIMIZERS = {
                          "grafting_eps": 1e-8, "weight_decay": 0.0}),
 }
 
+ONLY_IN = {  # optimizers the sources run in one setting of their own; every other runs in every scenario
+    "epfl-124m": {"sf-adamw": ["none-16k"]},
+    "pylo-gpt2": {"mulo": ["gpt2-124m-constant-mup"],  # PyLO's MuLO needs its muP MuGPT
+                  "velo": ["gpt2-124m-cosine", "gpt2-124m-constant", "gpt2-355m-cosine"]},
+}
+
 PUBLISHED = {
     "epfl-124m": (EPFL_SETTING, EPFL_SCENARIOS, EPFL_OPTIMIZERS),
     "s4s-stage1": (S4S_SETTING, S4S_SCENARIOS, S4S_OPTIMIZERS),
@@ -201,7 +211,11 @@ def test_every_composed_run_has_the_published_settings(name):
             assert lrs in grid, f"{name}/{entry.name}: published lr {lrs} is not a grid point {grid}"
         start = defaults(entry)
         point = {key: start[key] for key in search_space(entry)}  # the run coordinate descent starts from
+        only = ONLY_IN.get(name, {}).get(entry.name)
+        assert entry.scenarios == only, f"{name}/{entry.name}: runs in {entry.scenarios}, published {only}"
         for scenario in suite.scenarios:
+            if not suite.runs_in(entry, scenario):
+                continue
             where = f"{name}/{scenario.name}/{entry.name}"
             cfg = compose(run_overrides(suite, scenario, entry, point, seed=0))
             _check_run(cfg, {**setting, **scenarios[scenario.name]}, where)
