@@ -36,10 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from optbench.train import distributed, train
 
     world = distributed.from_environment()
-    try:
-        summary = train(cfg)
-    finally:
-        distributed.shutdown(world)
+    summary = train(cfg)  # owns the process group under torchrun
     final = summary["final_val_loss"]
     loss = f"{final:.4f}" if final is not None else "n/a"
     if world.is_main:

@@ -151,6 +151,14 @@ def gather_objects(world: World, obj: Any) -> list[Any]:
     return out
 
 
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def process_group(world: World) -> Iterator[None]:
+    """The process group's one owner. A group joined inside the block (the Trainer joins once, in `init`) is
+    left when the block ends, on an error too; a group joined before the block belongs to whoever joined it,
+    so several runs in one launch can share it."""
+    owned = world.distributed and not dist.is_initialized()
+    try:
+        yield
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
