@@ -1,6 +1,11 @@
 """Training speed on nanoGPT's CPU recipe: optbench's trainer against a bare loop, in the same run.
 
     python benchmarks/train_speed.py [--steps 100] [--rounds 3] [overrides ...]
+    python benchmarks/train_speed.py --optimizers adamw muon soap lion [--steps 100] [--rounds 3]
+
+The second form measures each optimizer's median step time (the trainer's timed interval: forward, backward,
+update) with diagnostics off (one log line per run) and on (a log line with every diagnostic at every step),
+and prints ratios to AdamW's step time measured in the same rounds.
 
 The baseline is the minimal loop nanoGPT runs (random windows, forward, backward, clip, AdamW step)
 on the same model and data; optbench's Trainer adds schedules, diagnostics at log steps, logging
@@ -22,7 +27,6 @@ import torch.nn.functional as F
 from optbench import data as datalib
 from optbench import models
 from optbench.config.compose import compose
-from optbench.train.rundir import read_metrics
 from optbench.train.trainer import Trainer
 
 NANOGPT_MS_PER_STEP = 55.0  # ../shared/data/README.md: nanoGPT's recipe on a 2-core machine of this kind
@@ -55,24 +59,46 @@ def bare_loop_ms(cfg, steps: int) -> float:
     return 1000 * statistics.median(times[1:])
 
 
-def optbench_ms(overrides: list[str], steps: int) -> float:
-    """ms/step of optbench's Trainer from its own metrics (train intervals only, no evaluation)."""
+def optbench_ms(overrides: list[str], steps: int, log_every: int = 10) -> float:
+    """ms/step of optbench's Trainer: the median of its timed steps, warm-up left out (summary.json)."""
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose([*overrides, f"train.steps={steps}", "eval.every=0", "eval.batches=1",
-                       "eval.sample_tokens=0", "run.log_every=10", "run.progress=false", f"run.dir={run_dir}/run"])
-        Trainer(cfg).train()
-        rates = [r["tokens_per_s"] for r in read_metrics(f"{run_dir}/run") if "tokens_per_s" in r][1:]
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
-    return 1000 * tokens_per_step / statistics.median(rates)
+                       "eval.sample_tokens=0", f"run.log_every={log_every}", "run.progress=false",
+                       f"run.dir={run_dir}/run"])
+        summary = Trainer(cfg).train()
+    return 1000 * summary["step_time_s"]
+
+
+def compare_optimizers(overrides: list[str], names: list[str], steps: int, rounds: int) -> None:
+    """Step time per optimizer with diagnostics off and on, ratios to AdamW measured in the same rounds."""
+    names = ["adamw", *[n for n in names if n != "adamw"]]
+    settings = {"off": steps, "on": 1}  # run.log_every: one log line, or diagnostics at every step
+    times: dict[tuple[str, str], list[float]] = {(n, d): [] for n in names for d in settings}
+    for _ in range(rounds):  # alternated, so the machine's noise reaches every cell alike
+        for name in names:
+            for diag, log_every in settings.items():
+                times[name, diag].append(optbench_ms([*overrides, f"optim={name}"], steps, log_every))
+    median = {key: statistics.median(values) for key, values in times.items()}
+    print(f"recipe: {' '.join(overrides)}  ({rounds} rounds of {steps} steps, {torch.get_num_threads()} threads)")
+    print(f"{'optimizer':<10}{'ms/step off':>13}{'ms/step on':>12}{'vs adamw off':>14}{'vs adamw on':>13}"
+          f"{'on / off':>10}")
+    for name in names:
+        off, on = median[name, "off"], median[name, "on"]
+        print(f"{name:<10}{off:>13.1f}{on:>12.1f}{off / median['adamw', 'off']:>14.2f}"
+              f"{on / median['adamw', 'on']:>13.2f}{on / off:>10.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--optimizers", nargs="+", help="compare these optimizers' step times with AdamW's")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     overrides = ["experiment=nanogpt-shakespeare", *args.overrides]
+    if args.optimizers:
+        compare_optimizers(overrides, args.optimizers, args.steps, args.rounds)
+        return
     cfg = compose(overrides)
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
     bare, ours = [], []

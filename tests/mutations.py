@@ -49,11 +49,20 @@ MUTATIONS = (
              "clip_grads_with_norm_(self.params, 2 * self.cfg.train.grad_clip, grad_norm)", (REPLICA,),
              "clipped to twice train.grad_clip"),
     Mutation("diagnostics-after-clip", "optbench/train/trainer.py",
-             "grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}\n"
-             "                    self.clip(norm)",
-             "self.clip(norm)\n"
-             "                    grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}",
+             "grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}  # before clipping changes them\n"
+             "        with self.timer.timed():\n"
+             "            self.clip(norm)\n",
+             "with self.timer.timed():\n"
+             "            self.clip(norm)\n"
+             "        grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}\n"
+             "        with self.timer.timed():\n",
              (REPLICA,), "grad_max measured on the clipped gradient (a spike damped by the clip)"),
+    Mutation("diagnostics-timed", "optbench/train/trainer.py",
+             "grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}  # before clipping changes them\n"
+             "        with self.timer.timed():\n",
+             "with self.timer.timed():\n"
+             "            grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}\n",
+             ("tests/train/test_timing.py",), "gradient diagnostics counted in the step time and tokens/s"),
     Mutation("accumulation-unscaled", "optbench/train/trainer.py",
              "y.view(-1)) / len(micros)", "y.view(-1))", (REPLICA,),
              "micro-batch losses summed instead of averaged over grad_accum"),
@@ -72,7 +81,7 @@ MUTATIONS = (
              'group["lr"] = self.optimizer.param_groups[0]["base_lr"] * lr_scale', (REPLICA,),
              "every group scheduled from the first group's lr (Muon's backup, muP multipliers lost)"),
     Mutation("decay-on-vectors", "optbench/optim/routing.py",
-             'decays = role in ("matrix", "head") or', 'decays = True or', (REPLICA,),
+             'return role in ("matrix", "head") or', 'return True or', (REPLICA,),
              "norm gains and biases decay"),
     Mutation("decay-embeddings-ignored", "optbench/optim/routing.py",
              '(role == "embedding" and cfg.decay_embeddings)', '(role == "embedding")', (REPLICA,),

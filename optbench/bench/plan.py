@@ -11,6 +11,7 @@ TPE asks Optuna's sampler. Because claiming is serialised, no configuration is c
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
 import math
@@ -25,11 +26,28 @@ from optbench.bench.suite import OptimizerEntry, Scenario, Suite, defaults, sear
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, grid_points
 
 PHASES = ("tune", "final")
-SAMPLE = "sample"
-"""Let Optuna's sampler (TPE) propose the configuration."""
-WAIT = "wait"
-"""Nothing to claim now, but trials still running elsewhere will decide what comes next."""
-DONE = "done"
+
+
+class Next(enum.Enum):
+    """What a claim or a proposal answers when it is not a configuration to run."""
+
+    SAMPLE = "sample"
+    """Let Optuna's sampler (TPE) propose the configuration."""
+    WAIT = "wait"
+    """Nothing to claim now, but trials still running elsewhere will decide what comes next."""
+    DONE = "done"
+    """Nothing left to run."""
+
+
+SAMPLE, WAIT, DONE = Next.SAMPLE, Next.WAIT, Next.DONE
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A configuration to run: the optimizer's hyperparameters at a seed."""
+
+    hparams: dict[str, Any]
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,7 @@ def seed_sampler(study: optuna.Study, suite: Suite, n_trials: int) -> None:
                                                constant_liar=True)
 
 
-def claim_next(suite: Suite, storage) -> Claim | str:
+def claim_next(suite: Suite, storage) -> Claim | Next:
     """The next trial to run, claimed; WAIT if only running trials remain to decide; DONE at the end."""
     waiting = False
     for scenario, entry in suite.pairs():
@@ -69,7 +87,7 @@ def claim_next(suite: Suite, storage) -> Claim | str:
         tune_trials = _trials(tune)
         seed_sampler(tune, suite, len(tune_trials))
         outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, tune_trials))
-        if outcome == DONE:
+        if outcome is DONE:
             best = best_tuning(tune.get_trials(deepcopy=False))
             if best is None:
                 continue  # every trial diverged or failed: nothing to repeat over seeds
@@ -77,7 +95,7 @@ def claim_next(suite: Suite, storage) -> Claim | str:
             outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
         if isinstance(outcome, Claim):
             return outcome
-        waiting = waiting or outcome == WAIT
+        waiting = waiting or outcome is WAIT
     return WAIT if waiting else DONE
 
 
@@ -89,17 +107,17 @@ def _trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _claim_in(suite: Suite, study: optuna.Study, scenario: Scenario, entry: OptimizerEntry, phase: str,
-              proposal) -> Claim | str:
+              proposal: Proposal | Next | None) -> Claim | Next:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
         return _pop(suite, study, scenario, entry, phase)
     if proposal is None:
         return WAIT if any(t.state == TrialState.RUNNING for t in trials) else DONE
-    if proposal == WAIT:
+    if proposal is WAIT:
         return WAIT
-    if proposal != SAMPLE:
-        hparams, seed = proposal
-        study.enqueue_trial(hparams if phase == "tune" else {}, user_attrs={"hparams": hparams, "seed": seed})
+    if isinstance(proposal, Proposal):
+        study.enqueue_trial(proposal.hparams if phase == "tune" else {},
+                            user_attrs={"hparams": proposal.hparams, "seed": proposal.seed})
     return _pop(suite, study, scenario, entry, phase)
 
 
@@ -153,8 +171,8 @@ def attempted(trials: list[FrozenTrial]) -> dict[str, float | None]:
     return seen
 
 
-def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTrial]):
-    """(hparams, seed), SAMPLE (TPE), WAIT, or None when tuning is over."""
+def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTrial]) -> Proposal | Next | None:
+    """A configuration, SAMPLE (TPE), WAIT, or None when tuning is over."""
     seen = attempted(trials)
     budget = entry.trials or suite.tuning.trials
     if budget is not None and len(seen) >= budget:
@@ -166,11 +184,11 @@ def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTria
         candidates = grid(space)
     else:
         candidates = coordinate_line(space, start(entry, space), seen)
-        if candidates == WAIT:
+        if candidates is WAIT:
             return WAIT
     for hparams in candidates:
         if key_of(hparams) not in seen:
-            return hparams, suite.tuning.seed
+            return Proposal(hparams, suite.tuning.seed)
     return None
 
 
@@ -194,7 +212,8 @@ def _nearest(value: Any, points: tuple[Any, ...]) -> Any:
     return min(numeric, key=lambda p: abs(math.log(p / value)) if p > 0 else math.inf)
 
 
-def coordinate_line(space: SearchSpace, centre: dict[str, Any], seen: dict[str, float | None]):
+def coordinate_line(space: SearchSpace, centre: dict[str, Any],
+                    seen: dict[str, float | None]) -> list[dict[str, Any]] | Next:
     """Marin's coordinate descent, replayed from the results so far: sweep one hyperparameter over its
     grid with the others at the centre, move the centre to the line's best, go on to the next
     hyperparameter; stop after a full round without a move. Returns the current line's points, WAIT
@@ -225,11 +244,11 @@ def best_tuning(trials: list[FrozenTrial]) -> dict[str, Any] | None:
     return min(finished, key=lambda t: (t.value, t.number)).user_attrs["hparams"]
 
 
-def _propose_final(suite: Suite, best: dict[str, Any], trials: list[FrozenTrial]):
+def _propose_final(suite: Suite, best: dict[str, Any], trials: list[FrozenTrial]) -> Proposal | None:
     """The best configuration at the next final seed not yet run, or None when all are."""
     taken = {t.user_attrs.get("seed") for t in trials if "hparams" in t.user_attrs
              and (t.state != TrialState.FAIL or "error" in t.user_attrs)}
     for seed in suite.final.seeds:
         if seed not in taken:
-            return best, seed
+            return Proposal(best, seed)
     return None

@@ -42,9 +42,9 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
     while max_trials is None or ran < max_trials:
         with lock:
             claim = claim_next(suite, storage)
-        if claim == DONE:
+        if claim is DONE:
             break
-        if claim == WAIT:
+        if claim is WAIT:
             time.sleep(POLL_S)
             continue
         assert isinstance(claim, Claim)

@@ -8,6 +8,7 @@ specs' capabilities; they never read an optimizer's name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,8 +71,29 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
     unknown = set(spec.search_space) - _fields(spec.config_cls)
     if unknown:
         raise ValueError(f"search space of {spec.name!r} names unknown hyperparameters {sorted(unknown)}")
+    _check_matrix_only(spec)
     OPTIMIZERS[spec.name] = spec
     return spec
+
+
+def _check_matrix_only(spec: OptimizerSpec) -> None:
+    """A matrix-only optimizer hands the other roles to `cfg.backup`, which only a MatrixOptimConfig has; a
+    MatrixOptimConfig without the capability would carry a backup that is never built."""
+    is_matrix_config = _is_matrix_config(spec.config_cls)
+    if spec.capabilities.matrix_only != is_matrix_config:
+        raise ValueError(
+            f"optimizer {spec.name!r}: Capabilities(matrix_only={spec.capabilities.matrix_only}) but "
+            f"{spec.config_cls.__name__} {'is' if is_matrix_config else 'is not'} a MatrixOptimConfig; "
+            "matrix-only optimizers need a MatrixOptimConfig (its `backup` takes the other parameters) and only they")
+
+
+def _is_matrix_config(cls: type) -> bool:
+    """Imported late: hybrid.py imports adamw.py, which registers through here. While hybrid.py is still importing
+    adamw, MatrixOptimConfig does not exist yet, so nothing being registered can subclass it."""
+    from optbench.optim import hybrid
+
+    base = getattr(hybrid, "MatrixOptimConfig", None)
+    return base is not None and issubclass(cls, base)
 
 
 def _fields(cls: type) -> set[str]:
@@ -104,25 +126,28 @@ def make_config(name: str, **hparams) -> OptimConfig:
     return spec.config_cls(**hparams)
 
 
+def plan(cfg: OptimConfig, model: nn.Module) -> list[Routed]:
+    """The run's one build plan (see routing.py): both the optimizer and routing.json are made from it."""
+    return route(model, cfg, matrix_only=get(cfg.name).capabilities.matrix_only)
+
+
 def build_for(cfg: OptimConfig, routed: list[Routed]) -> torch.optim.Optimizer:
-    """Build the optimizer `cfg` describes over already-routed parameters."""
+    """Build the optimizer `cfg` describes over a build plan; a matrix optimizer's backup takes the entries the
+    plan gives it, with the decay and lr the plan already holds."""
     spec = get(cfg.name)
     if not spec.capabilities.matrix_only:
         return spec.build(groups_by_role(routed), cfg)
     from optbench.optim.hybrid import HybridOptimizer
 
-    matrices = [r for r in routed if r.role == "matrix"]
-    rest = [r for r in routed if r.role != "matrix"]
+    if any(r.part == "main" and r.role != "matrix" for r in routed):
+        raise ValueError(f"{cfg.name} takes only matrices: build it from registry.plan(cfg, model), which routes "
+                         "the other roles to its backup")
+    matrices = [r for r in routed if r.part == "main"]
+    rest = [r for r in routed if r.part == "backup"]
     parts = {"matrix": spec.build(groups_by_role(matrices), cfg)} if matrices else {}
     if rest:
-        parts["backup"] = build_for(cfg.backup, [dataclasses.replace(r, weight_decay=_backup_decay(r, cfg))
-                                                 for r in rest])
+        parts["backup"] = build_for(cfg.backup, rest)
     return HybridOptimizer(parts)
-
-
-def _backup_decay(r: Routed, cfg: OptimConfig) -> float:
-    """The backup's own weight decay, applied where routing allows decay at all."""
-    return cfg.backup.weight_decay if r.weight_decay > 0 else 0.0
 
 
 MODEL_SHAPED = ("n_head",)
@@ -130,12 +155,14 @@ MODEL_SHAPED = ("n_head",)
 model's config, so `optim=adam-mini` works without repeating `model.n_head`."""
 
 
-def build(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Build the optimizer described by a config for a model's parameters, routed by role."""
+def build(cfg: OptimConfig, model: nn.Module, routed: list[Routed] | None = None) -> torch.optim.Optimizer:
+    """Build the optimizer described by a config for a model's parameters, routed by role; `routed`: the plan
+    made by `plan(cfg, model)` (the trainer passes the one it also writes to routing.json), else planned here."""
     model_cfg = getattr(model, "cfg", None)
     shaped = {key: getattr(model_cfg, key) for key in MODEL_SHAPED
               if getattr(cfg, key, 0) is None and getattr(model_cfg, key, None) is not None}
-    return build_for(dataclasses.replace(cfg, **shaped) if shaped else cfg, route(model, cfg))
+    return build_for(dataclasses.replace(cfg, **shaped) if shaped else cfg,
+                     plan(cfg, model) if routed is None else routed)
 
 
 def create(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
@@ -143,14 +170,23 @@ def create(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
     return build(make_config(name, **hparams), model)
 
 
-def routing_table(cfg: OptimConfig, model: nn.Module) -> list[dict]:
-    """Each parameter's role, optimizer, weight decay and lr multiplier, as rows (printed at start, saved per run)."""
-    spec = get(cfg.name)
-    rows = []
-    for r in route(model, cfg):
-        to_backup = spec.capabilities.matrix_only and r.role != "matrix"
-        decay = _backup_decay(r, cfg) if to_backup else r.weight_decay
-        rows.append({"name": r.name, "shape": list(r.param.shape), "role": r.role,
-                     "optimizer": cfg.backup.name if to_backup else cfg.name, "weight_decay": decay,
-                     "lr_mult": 1.0 if r.lr_mult is None else r.lr_mult})
-    return rows
+def routing_table(routed: list[Routed]) -> list[dict]:
+    """The rows of a build plan (printed at start, saved per run as routing.json): each parameter's role, optimizer,
+    whether it decays, its weight decay and lr multiplier."""
+    return [{"name": r.name, "shape": list(r.param.shape), "role": r.role, "optimizer": r.optimizer,
+             "decays": r.decays, "weight_decay": r.weight_decay, "lr_mult": 1.0 if r.lr_mult is None else r.lr_mult}
+            for r in routed]
+
+
+def routing_summary(rows: list[dict]) -> list[str]:
+    """routing.json summarised a line per (role, optimizer, decay, lr multiplier), for the start of a run."""
+    counts: dict[tuple[str, str, float, float], list[int]] = {}
+    for row in rows:
+        entry = counts.setdefault((row["role"], row["optimizer"], row["weight_decay"], row["lr_mult"]), [0, 0])
+        entry[0], entry[1] = entry[0] + 1, entry[1] + math.prod(row["shape"])
+    lines = []
+    for (role, name, decay, mult), (tensors, numel) in counts.items():
+        lr = f"  lr x {mult:<6g}" if mult != 1.0 else ""
+        lines.append(f"routing: {role:<9} -> {name:<10} weight_decay {decay:<6g}{lr} "
+                     f"{tensors:>3} tensors {numel:>12,} parameters")
+    return lines

@@ -65,8 +65,21 @@ def sample_from_run(overrides: list[str]) -> str:
         prompt = tokenizer.encode(request.prompt) or [tokenizer.eot if tokenizer.eot is not None else 0]
     except (KeyError, ValueError):
         raise UserError(f"prompt={request.prompt!r} has characters outside the run's vocabulary") from None
-    generator = torch.Generator(device=device).manual_seed(request.seed)
+    return request.prompt + continuation(model, tokenizer, prompt, request.max_new_tokens, request.temperature,
+                                         request.top_k, request.seed, prepared.vocab_size)
+
+
+@torch.no_grad()
+def continuation(model: torch.nn.Module, tokenizer, prompt: list[int], max_new_tokens: int, temperature: float,
+                 top_k: int | None, seed: int, vocab_limit: int) -> str:
+    """The text `model` generates after the token ids `prompt`, seeded (the same at every call, so samples
+    logged during training are comparable over time), with the model in eval mode for the pass."""
+    device = next(model.parameters()).device
+    training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    out = model.generate(idx, request.max_new_tokens, temperature=request.temperature, top_k=request.top_k,
-                         generator=generator, vocab_limit=prepared.vocab_size)
-    return request.prompt + tokenizer.decode(out[0, len(prompt):].tolist())
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                         vocab_limit=vocab_limit)
+    model.train(training)
+    return tokenizer.decode(out[0, len(prompt):].tolist())

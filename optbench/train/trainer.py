@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ from optbench.config.schema import Config
 from optbench.errors import UserError
 from optbench.train import checkpoint, device as hw, diagnostics, distributed, resume
 from optbench.train.averaging import WeightAverage
+from optbench.train.evaluation import validation_metrics
+from optbench.train.sample import continuation
 from optbench.train.optimizer_hooks import OptimizerHooks
 from optbench.train.preemption import StopRequest
 from optbench.train.rng import isolated_rng, rng_state, set_rng_state
 from optbench.train.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
 from optbench.train.schedules import lr_multiplier
+from optbench.train.timing import StepTimer
 from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 
 
@@ -44,6 +48,20 @@ class StopTraining(Exception):
     def __init__(self, status: str):
         super().__init__(status)
         self.status = status
+
+
+@dataclass
+class Evaluations:
+    """The validation losses a run has seen after step 0: the last (the run's final) and the best."""
+
+    final: dict[str, Any] = field(default_factory=dict)
+    best: float | None = None
+
+    def add(self, record: dict[str, Any], at_start: bool) -> None:
+        if at_start:  # the untrained model's loss is neither the run's result nor its best
+            return
+        self.final = record
+        self.best = record["val_loss"] if self.best is None else min(self.best, record["val_loss"])
 
 
 class Trainer:
@@ -90,15 +108,17 @@ class Trainer:
         self._check_parallel()
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
-        self.optimizer = optim.build(cfg.optim, self.model)
+        self.plan = optim.plan(cfg.optim, self.model)  # one plan: the optimizer and routing.json
+        self.optimizer = optim.build(cfg.optim, self.model, self.plan)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
         self.hooks = OptimizerHooks(self.optimizer, optim.get(cfg.optim.name).capabilities)
-        self.routing = optim.routing_table(cfg.optim, self.model)
+        self.routing = optim.routing_table(self.plan)
         self.averager = WeightAverage(self.model, cfg.train) if cfg.train.weight_avg != "none" else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.spikes = diagnostics.SpikeDetector()
+        self.timer = StepTimer(self.device)
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
         self.step = 0
         self.time_offset = 0.0
@@ -166,48 +186,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Loss, perplexity and next-token accuracy on the fixed validation windows."""
         model = model or self.model
-        forward = self.forward if model is self.model else model
-        model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        # DDP ranks share the windows out, then sum; FSDP ranks must run the same forwards (their all-gathers
-        # pair up), so each evaluates every window.
         share = self.world.distributed and self.cfg.train.parallel == "ddp"
-        for i, (x, y) in enumerate(self.val_batches):
-            if share and i % self.world.size != self.world.rank:
-                continue
-            x, y = x.to(self.device), y.to(self.device)
-            with hw.autocast(self.device, self.dtype):
-                logits = forward(x)
-            logits = logits.float().view(-1, logits.size(-1))
-            loss_sum += F.cross_entropy(logits, y.view(-1), reduction="sum").item()
-            correct += (logits.argmax(-1) == y.view(-1)).sum().item()
-            count += y.numel()
-        model.train()
-        if share:
-            loss_sum, correct, count = distributed.sum_(self.world, [loss_sum, correct, count], self.device)
-        val_loss = loss_sum / count
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)), "val_acc": correct / count}
-
-    @torch.no_grad()
-    def sample(self, prompt: list[int], max_new_tokens: int, seed: int | None = None) -> str:
-        """Text generated from `prompt` with eval.temperature and eval.top_k (seeded: comparable over time)."""
-        self.model.eval()
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed if seed is None else seed)
-        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        out = self.model.generate(idx, max_new_tokens, temperature=self.cfg.eval.temperature,
-                                  top_k=self.cfg.eval.top_k, generator=generator, vocab_limit=self.data.vocab_size)
-        self.model.train()
-        return self.tokenizer.decode(out[0, len(prompt):].tolist())
+        return validation_metrics(model, self.forward if model is self.model else model, self.val_batches,
+                                  self.device, self.dtype, self.world, share)
 
     def _eval_record(self) -> dict[str, Any]:
         with self.hooks.eval_mode():
             record = self.evaluate()
             if self.cfg.eval.sample_tokens > 0:
-                record["sample"] = self.sample(self.prompt, self.cfg.eval.sample_tokens)
+                ev = self.cfg.eval
+                record["sample"] = continuation(self.model, self.tokenizer, self.prompt, ev.sample_tokens,
+                                                ev.temperature, ev.top_k, self.cfg.train.seed, self.data.vocab_size)
         if self.averager is not None:
             record.update({f"{k}_avg": v for k, v in self.evaluate(self.averager.module).items()})
         return record
@@ -234,69 +226,33 @@ class Trainer:
                 return read_json(self.run_dir / "summary.json")
         if self.world.is_main:
             self._open_run_dir()
-        sinks = [*self._open_sinks(), *self.observers] if self.world.is_main else []
+        self.sinks = [*self._open_sinks(), *self.observers] if self.world.is_main else []
         self._write_summary(self._summary("running", {}))
         hw.reset_peak_memory(self.device)
-        best, final = math.inf, {}
-        start = time.perf_counter() - self.time_offset
-        interval_start, interval_tokens = time.perf_counter(), 0
-
-        def emit(record: dict[str, Any]) -> None:
-            record.update(step=self.step, tokens=self.step * self.tokens_per_step,
-                          time_s=round(time.perf_counter() - start, 4))
-            for sink in sinks:
-                sink.log(record)
-
+        self.timer = StepTimer(self.device)  # a resumed run warms up again
+        self.started = time.perf_counter() - self.time_offset
         self.hooks.before_training(cfg.train.steps)
-        status, stop = "running", StopRequest()
+        status, stop, evals = "running", StopRequest(), Evaluations()
         try:
             with stop:
                 if self.step == 0 and cfg.eval.every > 0:
-                    emit({"kind": "eval", **self._eval_record()})
+                    self._evaluate(evals)
                 while self.step < cfg.train.steps:
-                    loss, norm = self.train_step(self.step)
-                    grad_norm = distributed.as_float(norm)
-                    spike = self.spikes(grad_norm)
-                    is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
-                    before = diagnostics.snapshot(self.params) if is_log else None
-                    if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
-                        status = "diverged"
-                        emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                              "grad_norm": grad_norm})
+                    status = self._step()
+                    if status == "diverged":
                         break
-                    grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}
-                    self.clip(norm)
-                    self.hooks.before_step(loss)
-                    self._apply_update()
-                    self.step += 1
-                    self._after_update()
-                    interval_tokens += self.tokens_per_step
-                    if is_log:
-                        now = time.perf_counter()
-                        record = {"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
-                                  **diagnostics.update_stats(self.params, before),
-                                  **{k: float(v) for k, v in self.model_metrics.items()},
-                                  "tokens_per_s": interval_tokens / (now - interval_start)}
-                        record.update(self._mfu(record["tokens_per_s"]))
-                        emit(record)
-                        interval_start, interval_tokens = now, 0
                     if self._is_eval_step(self.step):
-                        eval_start = time.perf_counter()
-                        final = self._eval_record()
-                        interval_start += time.perf_counter() - eval_start  # tokens/s counts training only
-                        best = min(best, final["val_loss"])
-                        emit({"kind": "eval", **final})
+                        self._evaluate(evals)
                     if (self.step < cfg.train.steps
                             and distributed.any_(self.world, stop.requested is not None, self.device)):
                         status = "interrupted"
-                        self._save(time.perf_counter() - start)
+                        self._save()
                         break
                     if cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0 and self.step < cfg.train.steps:
-                        self._save(time.perf_counter() - start)
+                        self._save()
                 if status == "running":
                     status = "completed"
-                    self._save(time.perf_counter() - start)
+                    self._save()
         except StopTraining as early:
             status = early.status
         except KeyboardInterrupt:
@@ -305,16 +261,59 @@ class Trainer:
             status = "failed"
             raise
         finally:
-            wall = time.perf_counter() - start
-            summary = self._summary(status, {"final_val_loss": final.get("val_loss"),
-                                             "best_val_loss": best if math.isfinite(best) else None,
-                                             "wall_s": wall})
+            summary = self._summary(status, {"final_val_loss": evals.final.get("val_loss"),
+                                             "best_val_loss": evals.best, "wall_s": self._elapsed()})
             if status == "interrupted":
                 summary["signal"] = stop.requested or signal.SIGINT.name
             self._write_summary(summary)
-            for sink in sinks:
+            for sink in self.sinks:
                 sink.close()
         return summary
+
+    def _step(self) -> str:
+        """One step: forward, backward and the update are timed; diagnostics and logging happen outside the timer.
+        Returns "diverged" when the loss is not finite or above train.diverge_loss, else "running"."""
+        cfg = self.cfg
+        with self.timer.timed():
+            loss, norm = self.train_step(self.step)
+        grad_norm = distributed.as_float(norm)
+        spike = self.spikes(grad_norm)
+        if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
+            self._emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                        "grad_norm": grad_norm})
+            return "diverged"
+        is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
+        before = diagnostics.snapshot(self.params) if is_log else None
+        grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}  # before clipping changes them
+        with self.timer.timed():
+            self.clip(norm)
+            self.hooks.before_step(loss)
+            self._apply_update()
+            self.step += 1
+            self._after_update()  # an optimizer's extra pass and weight averaging are training work too
+        self.timer.end_step()
+        if is_log:
+            tokens_per_s = self.timer.interval_tokens_per_s(self.tokens_per_step)
+            self._emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                        "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
+                        **diagnostics.update_stats(self.params, before),
+                        **{k: float(v) for k, v in self.model_metrics.items()},
+                        "tokens_per_s": tokens_per_s, **self._mfu(tokens_per_s)})
+        return "running"
+
+    def _evaluate(self, evals: Evaluations) -> None:
+        record = self._eval_record()
+        evals.add(record, at_start=self.step == 0)
+        self._emit({"kind": "eval", **record})
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        record.update(step=self.step, tokens=self.step * self.tokens_per_step, time_s=round(self._elapsed(), 4))
+        for sink in self.sinks:
+            sink.log(record)
+
+    def _elapsed(self) -> float:
+        """Wall-clock seconds of the run, across resumes."""
+        return time.perf_counter() - self.started
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if self.world.is_main:
@@ -341,16 +340,16 @@ class Trainer:
         return {"mfu": self.model.flops_per_token(self.cfg.train.seq_len) * tokens_per_s / peak}
 
     def _summary(self, status: str, figures: dict[str, Any]) -> dict[str, Any]:
-        wall = figures.get("wall_s") or 0.0
-        tokens = self.step * self.tokens_per_step
+        """summary.json: status, losses, and the cost of the run. tokens_per_s and step_time_s are the steady
+        state of this (resumed) process's timed steps; wall_s is the whole run's wall clock, across resumes."""
         return {
             "status": status,
             "final_val_loss": figures.get("final_val_loss"),
             "best_val_loss": figures.get("best_val_loss"),
             "steps": self.step,
-            "tokens": tokens,
-            "wall_s": round(wall, 3),
-            "tokens_per_s": tokens / wall if wall > 0 else None,
+            "tokens": self.step * self.tokens_per_step,
+            "wall_s": round(figures.get("wall_s") or 0.0, 3),
+            **self.timer.summary(self.tokens_per_step),
             "peak_mem_bytes": hw.peak_memory_bytes(self.device),
             "optim_state_bytes": optim.state_bytes(self.optimizer),
             "n_params": self.model.num_params(),
@@ -380,23 +379,15 @@ class Trainer:
         return sinks
 
     def _print_routing(self) -> None:
-        counts: dict[tuple[str, str, float, float], list[int]] = {}
-        for row in self.routing:
-            numel = math.prod(row["shape"])
-            key = (row["role"], row["optimizer"], row["weight_decay"], row["lr_mult"])
-            entry = counts.setdefault(key, [0, 0])
-            entry[0], entry[1] = entry[0] + 1, entry[1] + numel
-        for (role, name, decay, mult), (tensors, numel) in counts.items():
-            lr = f"  lr x {mult:<6g}" if mult != 1.0 else ""
-            self.console.print(f"routing: {role:<9} -> {name:<10} weight_decay {decay:<6g}{lr} "
-                               f"{tensors:>3} tensors {numel:>12,} parameters", highlight=False)
+        for line in optim.routing_summary(self.routing):
+            self.console.print(line, highlight=False)
 
-    def _save(self, elapsed: float) -> None:
+    def _save(self) -> None:
         """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling.
 
         Every rank's RNG state is gathered (a rank's dropout or sampling stream is its own); rank 0 writes.
         """
-        extra: dict[str, Any] = {"time_s": elapsed}
+        extra: dict[str, Any] = {"time_s": self._elapsed()}
         if self.hooks.caps.train_eval_modes:
             with self.hooks.eval_mode():
                 extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}

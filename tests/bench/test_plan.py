@@ -38,7 +38,7 @@ def run_to_end(suite, storage, limit=200):
     claims = []
     for _ in range(limit):
         claim = plan.claim_next(suite, storage)
-        if claim == plan.DONE:
+        if claim is plan.DONE:
             return claims
         assert isinstance(claim, plan.Claim), claim
         claims.append(claim)
@@ -79,7 +79,7 @@ def test_coordinate_line_replay_moves_only_on_improvement():
     line = plan.coordinate_line(space, {"lr": 1e-3, "b": 1}, results)
     assert line == [{"lr": 1e-2, "b": 1}, {"lr": 1e-2, "b": 2}]
     results[plan.key_of({"lr": 1e-2, "b": 2})] = None  # running
-    assert plan.coordinate_line(space, {"lr": 1e-3, "b": 1}, results) == plan.WAIT
+    assert plan.coordinate_line(space, {"lr": 1e-3, "b": 1}, results) is plan.WAIT
     results[plan.key_of({"lr": 1e-2, "b": 2})] = 2.0  # a tie keeps the centre: converged
     assert plan.coordinate_line(space, {"lr": 1e-3, "b": 1}, results) == []
 
@@ -98,7 +98,7 @@ def test_running_trials_make_others_wait_for_the_line_and_for_the_final_phase(st
     suite = make_suite("coordinate", trials=4)
     claims = [plan.claim_next(suite, storage) for _ in range(4)]
     assert all(isinstance(c, plan.Claim) for c in claims)  # the whole lr line runs in parallel
-    assert plan.claim_next(suite, storage) == plan.WAIT  # budget spent; the final phase needs their results
+    assert plan.claim_next(suite, storage) is plan.WAIT  # budget spent; the final phase needs their results
     for c in claims:
         c.study.tell(c.trial, loss(c.hparams))
     final = plan.claim_next(suite, storage)
@@ -133,6 +133,6 @@ def test_an_optimizer_whose_every_trial_diverged_gets_no_final_runs(storage):
     suite = make_suite("grid", seeds=(0,))
     while isinstance(claim := plan.claim_next(suite, storage), plan.Claim):
         claim.study.tell(claim.trial, math.inf)
-    assert claim == plan.DONE
+    assert claim is plan.DONE
     final = plan.load_study(suite, storage, "s", "adamw", "final")
     assert final.get_trials() == []

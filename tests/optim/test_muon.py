@@ -167,7 +167,7 @@ def test_dmuon_is_muon_with_the_scale_mapped():
 @pytest.mark.parametrize("name", ["muon", "dmuon"])
 def test_matrix_only_embeddings_head_and_vectors_go_to_the_backup(name):
     cfg = optim.make_config(name)
-    rows = optim.routing_table(cfg, tiny_lm())
+    rows = optim.routing_table(optim.plan(cfg, tiny_lm()))
     assert {r["optimizer"] for r in rows if r["role"] == "matrix"} == {name}
     assert {r["optimizer"] for r in rows if r["role"] != "matrix"} == {"adamw"}
 

@@ -105,7 +105,7 @@ def test_match_rms_gives_rms_0_2_lr():
 
 
 def test_matrix_only_and_bad_settings():
-    rows = optim.routing_table(optim.make_config("normuon"), tiny_lm())
+    rows = optim.routing_table(optim.plan(optim.make_config("normuon"), tiny_lm()))
     assert {r["optimizer"] for r in rows if r["role"] == "matrix"} == {"normuon"}
     assert {r["optimizer"] for r in rows if r["role"] != "matrix"} == {"adamw"}
     with pytest.raises(UserError, match="update_scale"):

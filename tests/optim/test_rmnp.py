@@ -88,7 +88,7 @@ def test_learns_a_regression():
 
 
 def test_matrix_only_and_bad_settings():
-    rows = optim.routing_table(optim.make_config("rmnp"), tiny_lm())
+    rows = optim.routing_table(optim.plan(optim.make_config("rmnp"), tiny_lm()))
     assert {r["optimizer"] for r in rows if r["role"] == "matrix"} == {"rmnp"}
     assert {r["optimizer"] for r in rows if r["role"] != "matrix"} == {"adamw"}
     with pytest.raises(UserError, match="eps"):

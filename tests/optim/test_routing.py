@@ -69,9 +69,9 @@ def test_every_parameter_is_routed_exactly_once():
 
 
 def test_routing_table_rows_name_the_optimizer_of_each_parameter():
-    rows = optim.routing_table(make_config("sgd"), tiny_lm())
+    rows = optim.routing_table(optim.plan(make_config("sgd"), tiny_lm()))
     assert {row["optimizer"] for row in rows} == {"sgd"}
-    assert all(set(row) == {"name", "shape", "role", "optimizer", "weight_decay", "lr_mult"} for row in rows)
+    assert all(set(row) == {"name", "shape", "role", "optimizer", "decays", "weight_decay", "lr_mult"} for row in rows)
     assert {row["lr_mult"] for row in rows} == {1.0}  # a standard-parametrised model declares no multipliers
 
 
@@ -114,7 +114,7 @@ class TestHybrid:
 
 @pytest.mark.parametrize("name", [n for n in optim.names() if optim.get(n).capabilities.matrix_only])
 def test_matrix_optimizers_send_everything_but_hidden_matrices_to_the_backup(name):
-    rows = optim.routing_table(make_config(name), tiny_lm())
+    rows = optim.routing_table(optim.plan(make_config(name), tiny_lm()))
     for row in rows:
         assert (row["optimizer"] == name) == (row["role"] == "matrix"), row
 

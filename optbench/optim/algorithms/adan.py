@@ -109,8 +109,11 @@ class Adan(torch.optim.Optimizer):
     (global, over all groups) is read from the defaults. State per parameter: step (int), exp_avg,
     exp_avg_diff, exp_avg_sq, prev_grad (the last, clipped gradient)."""
 
-    def __init__(self, params, lr: float = 1e-3, beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99,
-                 eps: float = 1e-8, weight_decay: float = 0.0, max_grad_norm: float = 0.0, no_prox: bool = False):
+    # Defaults are AdanConfig's, declared there once (this once said weight_decay=0.0 against the config's 0.02).
+    def __init__(self, params, lr: float = AdanConfig.lr, beta1: float = AdanConfig.beta1,
+                 beta2: float = AdanConfig.beta2, beta3: float = AdanConfig.beta3, eps: float = AdanConfig.eps,
+                 weight_decay: float = AdanConfig.weight_decay, max_grad_norm: float = AdanConfig.max_grad_norm,
+                 no_prox: bool = AdanConfig.no_prox):
         super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
                                       weight_decay=weight_decay, max_grad_norm=max_grad_norm, no_prox=no_prox))
 

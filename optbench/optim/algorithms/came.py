@@ -94,8 +94,11 @@ class CAME(torch.optim.Optimizer):
     State per parameter: step (int), exp_avg, and exp_avg_sq_row/_col with exp_avg_res_row/_col (tensors of 2
     or more dimensions) or exp_avg_sq (vectors), in float32 for low-precision parameters."""
 
-    def __init__(self, params, lr: float = 2e-4, beta1: float = 0.9, beta2: float = 0.999, beta3: float = 0.9999,
-                 eps1: float = 1e-30, eps2: float = 1e-16, clip_threshold: float = 1.0, weight_decay: float = 0.0):
+    # Defaults are CAMEConfig's, declared there once (this once said weight_decay=0.0 against the config's 0.01).
+    def __init__(self, params, lr: float = CAMEConfig.lr, beta1: float = CAMEConfig.beta1,
+                 beta2: float = CAMEConfig.beta2, beta3: float = CAMEConfig.beta3, eps1: float = CAMEConfig.eps1,
+                 eps2: float = CAMEConfig.eps2, clip_threshold: float = CAMEConfig.clip_threshold,
+                 weight_decay: float = CAMEConfig.weight_decay):
         super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps1=eps1, eps2=eps2,
                                       clip_threshold=clip_threshold, weight_decay=weight_decay))
 
