@@ -79,7 +79,7 @@ def compare_optimizers(overrides: list[str], names: list[str], steps: int, round
             for diag, log_every in settings.items():
                 times[name, diag].append(optbench_ms([*overrides, f"optim={name}"], steps, log_every))
     median = {key: statistics.median(values) for key, values in times.items()}
-    print(f"recipe: {' '.join(overrides)}  ({rounds} rounds of {steps} steps, {torch.get_num_threads()} threads)")
+    print(f"recipe: defaults {' '.join(overrides)}  ({rounds} rounds of {steps} steps, {torch.get_num_threads()} threads)")
     print(f"{'optimizer':<10}{'ms/step off':>13}{'ms/step on':>12}{'vs adamw off':>14}{'vs adamw on':>13}"
           f"{'on / off':>10}")
     for name in names:
@@ -95,10 +95,10 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", help="compare these optimizers' step times with AdamW's")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    overrides = ["experiment=nanogpt-shakespeare", *args.overrides]
-    if args.optimizers:
-        compare_optimizers(overrides, args.optimizers, args.steps, args.rounds)
+    if args.optimizers:  # the default config is nanoGPT's CPU recipe; the experiment fixes AdamW's own keys
+        compare_optimizers(args.overrides, args.optimizers, args.steps, args.rounds)
         return
+    overrides = ["experiment=nanogpt-shakespeare", *args.overrides]
     cfg = compose(overrides)
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
     bare, ours = [], []
