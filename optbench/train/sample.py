@@ -35,9 +35,15 @@ class SampleRequest:
     device: str = "auto"
 
 
+TEXT_KEYS = ("prompt",)
+"""Free text, kept exactly as typed: parsed as YAML, `prompt=ROMEO:` would be a mapping and `prompt=[1]` a list."""
+
+
 def parse_request(overrides: list[str]) -> SampleRequest:
+    text = {key: value for key, sep, value in (o.partition("=") for o in overrides) if sep and key in TEXT_KEYS}
+    rest = [o for o in overrides if o.partition("=")[0] not in TEXT_KEYS]
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SampleRequest), OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(SampleRequest), OmegaConf.from_dotlist(rest), text)
         request = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(f"optbench sample: {str(err).splitlines()[0]}; valid keys: run.dir, prompt, "

@@ -115,3 +115,10 @@ def test_anything_else_takes_hydras_own_path(overrides):
     from optbench.config.compose import _compose_from_cached_choices
 
     assert _compose_from_cached_choices(tuple(overrides)) is None
+
+
+def test_an_unknown_experiment_is_an_error_not_the_defaults():
+    """Hydra skips a missing choice of an optional group; optbench names it and the closest recipes."""
+    with pytest.raises(UserError, match=r"^unknown experiment 'nanogpt-shakespear'; valid: nanogpt-shakespeare"):
+        compose(["experiment=nanogpt-shakespear"])
+    assert compose(["experiment=nanogpt-shakespeare"]).optim.beta2 == 0.99
