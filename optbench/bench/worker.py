@@ -150,9 +150,10 @@ def record_trial(run: Path, suite: Suite, claim: Claim, overrides: list[str]) ->
     path = layout.trial_file(run)
     previous = read_json(path) if path.exists() else {}
     number = previous.get("trial", claim.trial.number if claim.phase == "tune" else None)
+    phases = sorted(set(previous.get("phases", [])) | {claim.phase}, key=("tune", "final").index)
     write_json(path, {"suite": suite.name, "scenario": claim.scenario.name, "optimizer": claim.entry.name,
                       "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides, "trial": number,
-                      "phases": sorted(set(previous.get("phases", [])) | {claim.phase}, key=("tune", "final").index)})
+                      "phases": phases})
 
 
 class PruningObserver:

@@ -14,13 +14,13 @@ import pandas as pd
 from scipy import stats
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test; NaN when either side has fewer than two values or both
-    are constant (the test is undefined there)."""
+def welch_p(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+    """p-value of Welch's t-test (two-sided, or "less": H1 mean(a) < mean(b)); NaN when either side has fewer
+    than two values or both are constant (the test is undefined there)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
 def pairwise_p(losses: Mapping[str, Sequence[float]]) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from scipy import stats
 
 from optbench.optim.search_space import Dimension, grid_points
 from optbench.report.load import Run
+from optbench.report.significance import welch_p
 
 ALPHA = 0.05
 """The significance level when the suite names none (the suite has no such field yet)."""
@@ -62,10 +63,7 @@ def target_test(losses: Sequence[float], target: float) -> tuple[float, float]:
 
 def welch_less_p(a: Sequence[float], b: Sequence[float]) -> float:
     """One-sided Welch p-value of H1: mean(a) < mean(b); NaN when undefined (see welch_p)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    return welch_p(a, b, alternative="less")
 
 
 # ----------------------------------------------------------------------------- (b) power

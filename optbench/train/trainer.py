@@ -118,7 +118,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.spikes = diagnostics.SpikeDetector()
-        self.timer = StepTimer(self.device)
+        self.timer = StepTimer(self.device)  # each process times its own steps: a resumed run warms up again
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
         self.step = 0
         self.time_offset = 0.0
@@ -229,7 +229,6 @@ class Trainer:
         self.sinks = [*self._open_sinks(), *self.observers] if self.world.is_main else []
         self._write_summary(self._summary("running", {}))
         hw.reset_peak_memory(self.device)
-        self.timer = StepTimer(self.device)  # a resumed run warms up again
         self.started = time.perf_counter() - self.time_offset
         self.hooks.before_training(cfg.train.steps)
         status, stop, evals = "running", StopRequest(), Evaluations()
