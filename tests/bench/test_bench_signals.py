@@ -42,10 +42,27 @@ def training(out: Path) -> list[Path]:
     return found
 
 
+def claimed(out: Path) -> dict[str, str]:
+    """Each worker's running trial's run directory, by worker slot, as the study records it."""
+    return {t.user_attrs["worker"]: t.user_attrs["run_dir"] for t in trials(out)
+            if t.state == TrialState.RUNNING and "worker" in t.user_attrs}
+
+
+def pending(pid: int, sig: signal.Signals) -> bool:
+    """Whether `sig` waits to be delivered to `pid` (a stopped process keeps it pending until continued)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) >> (sig - 1) & 1:
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("processes")
 def test_sigterm_reaches_every_worker_whose_trials_checkpoint_and_requeue(tmp_path, corpus):
-    path = micro_suite(tmp_path, corpus, steps=STEPS, grid=(1e-3,), seeds=(0,), workers=2)
+    # No heartbeat falls due while a worker is paused (a paused writer could hold the SQLite lock), and a
+    # paused worker's trial is never taken for a dead one's.
+    path = micro_suite(tmp_path, corpus, steps=STEPS, grid=(1e-3,), seeds=(0,), workers=2, heartbeat_s=300,
+                       grace_s=600)
     spec = yaml.safe_load(path.read_text())
     spec["optimizers"][1]["search"]["lr"]["grid"] = [1e-4]  # one trial per optimizer: both workers train at once
     path.write_text(yaml.safe_dump(spec))
@@ -53,10 +70,26 @@ def test_sigterm_reaches_every_worker_whose_trials_checkpoint_and_requeue(tmp_pa
     bench = bench_process(path, out, workers=2)
     held = []  # the workers, by pidfd: cleaned up below even if a broken coordinator left them orphaned
     try:
-        wait_for(lambda: len(training(out)) == 2)
-        workers = [child_with_args(bench.pid, "--worker", slot) for slot in ("0", "1")]
-        held = [(hold(bench.pid, pid), pid) for pid in workers]
+        wait_for(lambda: len(children(bench.pid)) == 2)
+        workers = {slot: child_with_args(bench.pid, "--worker", slot) for slot in ("0", "1")}
+        held = [(hold(bench.pid, pid), pid) for pid in workers.values()]
+        # Each worker is paused (SIGSTOP) the moment its trial is seen inside the training loop, so both are
+        # caught mid-trial however far apart a loaded machine starts them (raced, one could finish first).
+        paused: set[str] = set()
+
+        def pause_the_training() -> bool:
+            runs = {run: slot for slot, run in claimed(out).items() if slot not in paused}
+            for run in training(out):
+                if str(run) in runs:
+                    send(*held[list(workers).index(runs[str(run)])], signal.SIGSTOP)
+                    paused.add(runs[str(run)])
+            return len(paused) == 2
+
+        wait_for(pause_the_training)
         bench.send_signal(signal.SIGTERM)  # to the coordinator alone, as Slurm or `kill PID` would
+        wait_for(lambda: all(pending(pid, signal.SIGTERM) for pid in workers.values()))  # forwarded to both
+        for fd, pid in held:
+            send(fd, pid, signal.SIGCONT)
         output, _ = bench.communicate(timeout=120)
     finally:
         for fd, pid in held:
@@ -68,7 +101,7 @@ def test_sigterm_reaches_every_worker_whose_trials_checkpoint_and_requeue(tmp_pa
             bench.wait()
     assert bench.returncode == 128 + signal.SIGTERM, output  # as `optbench train` exits on SIGTERM
     assert "stopped; run the same command again to continue" in output and "Traceback" not in output
-    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)  # both exited and were reaped
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers.values())  # both exited and were reaped
     for slot in ("0", "1"):
         assert "Traceback" not in layout.worker_log(out, slot).read_text()
 
