@@ -1,4 +1,5 @@
-"""`optbench train|sample|data|model|optim|bench|report`: parse, call the library, map UserError to exit code 2.
+"""`optbench train|sample|data|model|optim|bench|report|compare|check-optimizer`: parse, call the library, map
+UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
 argparse only dispatches subcommands and their few flags.
@@ -107,7 +108,8 @@ def cmd_optim_list(args: argparse.Namespace) -> int:
 
     from optbench.optim import OPTIMIZERS
 
-    table = Table(title=f"{len(OPTIMIZERS)} optimizers")
+    adapters = sorted(name for name, spec in OPTIMIZERS.items() if spec.adapter)
+    table = Table(title=f"{len(OPTIMIZERS) - len(adapters)} optimizers; adapters: {', '.join(adapters)}")
     for column in ("name", "defaults", "source", "reference"):
         table.add_column(column, overflow="fold")
     for name, spec in sorted(OPTIMIZERS.items()):
@@ -126,6 +128,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from optbench.bench import launch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study load is noise at this scale
+    if args.smoke:
+        return _bench_smoke(args)
     if args.worker is not None:  # one worker process started by a local bench (not for direct use)
         try:
             launch.run_worker(Path(args.out), args.storage, args.worker, args.threads)
@@ -155,6 +159,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     written = write_report(out)
     print(f"report written to {written['html']} and {written['markdown']}")
     return 0
+
+
+def _bench_smoke(args: argparse.Namespace) -> int:
+    """`optbench bench SUITE --smoke`: 0 when every run completed with a finite loss, else 1 (a suite that does
+    not compose is a UserError, 2)."""
+    from pathlib import Path
+
+    from optbench.bench.smoke import run_smoke
+
+    given = [flag for flag, value in (("--storage", args.storage), ("--workers", args.workers),
+                                      ("--slurm", args.slurm or None), ("--worker", args.worker)) if value is not None]
+    if given:
+        raise UserError(f"--smoke trains here, one run after another, without a study: drop {', '.join(given)}")
+    out = Path(args.out) if args.out else None
+    try:
+        outcomes = run_smoke(args.suite, out, echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("smoke stopped", file=sys.stderr)
+        return 128 + signal.SIGINT.value
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
 
 
 def _print_progress(rows: list[dict]) -> None:
@@ -195,8 +219,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optbench.compare import write_comparison
+
+    written = write_comparison([Path(p) for p in args.runs], Path(args.out) if args.out else None)
+    print(f"comparison written to {written['html']} and {written['markdown']}")
+    return 0
+
+
+def cmd_check_optimizer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optbench.check import check_optimizer
+    from optbench.check.render import table, write_json
+
+    report = check_optimizer(args.target, args.overrides, args.only or ())
+    Console(width=max(Console().width, 140)).print(table(report))
+    if args.json:
+        write_json(report, Path(args.json))
+    return report.exit_code  # 1 if a check failed; bad input never gets here (UserError, 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="optbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="PATH|MODULE",
+                        help="a Python file or module registering optimizers or models, before the command "
+                             "(repeatable; also OPTBENCH_PLUGINS and the optbench.plugins entry points)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one model with one optimizer")
@@ -239,18 +289,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slurm", action="store_true", help="submit the workers as a Slurm array via submitit")
     bench.add_argument("--worker", help=argparse.SUPPRESS)
     bench.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    bench.add_argument("--smoke", action="store_true",
+                       help="compose every trial, then train each scenario x optimizer for a few CPU steps on a "
+                            "debug-size model (into OUT/smoke, OUT default bench/<suite>-smoke); no study")
     bench.set_defaults(func=cmd_bench)
 
     report = commands.add_parser("report", help="leaderboard, plots and tables of a bench's results")
     report.add_argument("source", help="a suite name (reads bench/<suite>) or a bench results folder")
     report.add_argument("--out", help="where to write (default SOURCE/report)")
     report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="compare run directories: table, loss curves, Markdown and HTML")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories of `optbench train`")
+    compare.add_argument("--out", help="where to write (default ./compare)")
+    compare.set_defaults(func=cmd_compare)
+
+    check = commands.add_parser("check-optimizer", help="conformance checks of one optimizer (learns, resumes "
+                                                        "bit-identically, lr 0, bf16, synthetic problems, ...)")
+    check.add_argument("target", help="a registered optimizer (optbench optim list) or package.module:Class")
+    check.add_argument("overrides", nargs="*", default=[], help="optim.key=value, e.g. optim.lr=3e-4")
+    check.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    check.add_argument("--only", action="append", metavar="CHECK", help="run only this check (repeatable)")
+    check.set_defaults(func=cmd_check_optimizer)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from optbench import plugins
+
+        plugins.load_configured(args.plugins)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except UserError as err:

@@ -144,6 +144,18 @@ MUTATIONS = (
              "        torch.set_num_threads(previous)\n", "        pass\n",
              ("tests/train/test_trainer.py::test_train_threads_applies_to_the_run_and_is_put_back",),
              "a run leaves the process's torch thread count changed"),
+    Mutation("tuning-stops-at-the-edge", "optbench/bench/plan.py",
+             "    return _propose_extension(suite, space, trials, seed)\n", "    return None\n",
+             ("tests/bench/test_extend.py",), "a best value on a grid edge is not walked past"),
+    Mutation("edge-step-inward", "optbench/bench/extend.py",
+             "        value = edge * (edge / inner)\n", "        value = edge * (inner / edge)\n",
+             ("tests/bench/test_extend.py",), "the walk beyond an edge steps back into the grid"),
+    Mutation("protocol-read-from-registry", "optbench/bench/suite.py",
+             "    return entry.space is not None and entry.defaults is not None\n", "    return False\n",
+             ("tests/bench/test_protocol.py",), "planning and the report read the live registry, not OUT/suite.yaml"),
+    Mutation("studies-share-a-seed", "optbench/bench/plan.py",
+             "space, seed = search_space(entry), suite.tuning.seed + index", "space, seed = search_space(entry), suite.tuning.seed",
+             ("tests/bench/test_plan.py",), "repeated tuning studies all train at the same seed"),
 )
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from optbench import plugins
 from optbench.bench import layout
-from optbench.bench.plan import load_study
+from optbench.bench.plan import load_study, tuning_phase
+from optbench.bench.protocol import as_plain, as_plain_entry, differences, freeze, freeze_entry, thawed
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import Suite, load_suite, run_overrides, search_space, to_yaml
 from optbench.bench.worker import work
@@ -33,6 +35,11 @@ RESTARTS_PER_WORKER = 3
 def prepare(suite_ref: str | Path, out: Path | None, storage: str | None) -> tuple[Suite, Path, str]:
     """Validate everything a run will need before writing anything; then write OUT/suite.yaml and the data."""
     suite = load_suite(suite_ref)
+    # Every plugin this process has, --plugin and OPTBENCH_PLUGINS included: a Slurm worker has neither.
+    suite.plugins = plugins.loaded()
+    suite.plugin_hashes = plugins.digests(suite.plugins)
+    suite = freeze(suite)  # the protocol as the registry resolves it now, what OUT/suite.yaml keeps
+    check_registry(suite)
     out = Path(out) if out is not None else layout.default_out(suite.name)
     configs = check_runs(suite)
     check_compatible(suite, out)
@@ -69,24 +76,48 @@ def check_runs(suite: Suite) -> list:
 
 
 def check_compatible(suite: Suite, out: Path) -> None:
-    """Results in OUT must come from the same protocol: only execution settings may change between
+    """Results in OUT must come from the same protocol (protocol.py): only execution settings may change between
     runs of the command, optimizers may be added and final seeds extended."""
     path = layout.suite_file(out)
     if not path.exists():
         return
     # Both through the schema, so a field added to the format since (at its default) is no change of protocol.
     old = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Suite), OmegaConf.load(path)))
-    new = OmegaConf.to_container(OmegaConf.create(to_yaml(suite)))
+    new = as_plain(suite)
     for key in ("name", "baseline", "base", "scenarios", "tuning"):
         if old.get(key) != new.get(key):
-            raise UserError(f"{out} holds results of suite '{old.get('name')}' with a different {key}; "
-                            "use another --out (or delete that folder) to run the changed suite")
+            raise UserError(f"{out} holds results of suite '{old.get('name')}' with a different {key} "
+                            f"({_listed(differences({key: old.get(key)}, {key: new.get(key)}))}); use another --out "
+                            "(or delete that folder) to run the changed suite")
     old_optimizers = {o["name"]: o for o in old.get("optimizers", [])}
     for entry in new["optimizers"]:
         if entry["name"] in old_optimizers and old_optimizers[entry["name"]] != entry:
-            raise UserError(f"{out} tuned optimizer {entry['name']} with other settings; use another --out")
+            changed = differences(old_optimizers[entry["name"]], entry)
+            raise UserError(f"{out} tuned optimizer {entry['name']} under another protocol ({_listed(changed)}); "
+                            "use another --out")
+    edited = sorted(ref for ref, digest in old["plugin_hashes"].items()
+                    if new["plugin_hashes"].get(ref, digest) != digest)
+    if edited:
+        raise UserError(f"{out} holds results of plugin {edited[0]} as it was before an edit (its SHA-256 changed); "
+                        "restore it, or use another --out")
     if not set(old["final"]["seeds"]) <= set(new["final"]["seeds"]):
         raise UserError(f"final.seeds may only grow between runs into {out}; it had {old['final']['seeds']}")
+
+
+def check_registry(suite: Suite) -> None:
+    """A frozen suite (OUT/suite.yaml, as workers read it) against what the registry says now: a worker of a
+    changed optbench would run something else than the study ran so far."""
+    for entry in suite.optimizers:
+        frozen, now = as_plain_entry(entry), as_plain_entry(freeze_entry(thawed(entry)))
+        if frozen != now:
+            raise UserError(f"optimizer {entry.name} is no longer what this bench froze when it started "
+                            f"({_listed(differences(frozen, now))}); run it with the optbench that started it, "
+                            "or use another --out")
+
+
+def _listed(changes: list[str], most: int = 4) -> str:
+    shown = "; ".join(changes[:most])
+    return shown + (f"; and {len(changes) - most} more" if len(changes) > most else "")
 
 
 def prepare_data(configs: list) -> None:
@@ -166,8 +197,9 @@ def spawn_worker(suite: Suite, out: Path, url: str, slot: int, threads: int) -> 
 
 
 def run_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
-    """One worker (a local process or a Slurm array task): reads the suite from OUT and works."""
+    """One worker (a local process or a Slurm array task): reads the frozen suite from OUT and works."""
     suite = load_suite(layout.suite_file(out))
+    check_registry(suite)
     return work(suite, Path(out), url, worker_id, threads)
 
 
@@ -248,8 +280,10 @@ def progress(suite: Suite, url: str) -> list[dict]:
     rows = []
     for scenario, entry in suite.pairs():
         row = {"scenario": scenario.name, "optimizer": entry.name}
-        for phase in ("tune", "final"):
-            trials = load_study(suite, storage, scenario.name, entry.name, phase).get_trials(deepcopy=False)
+        studies = {"tune": [tuning_phase(k) for k in range(suite.tuning.studies)], "final": ["final"]}
+        for phase, names in studies.items():  # the repeated tuning studies' trials counted together
+            trials = [t for name in names
+                      for t in load_study(suite, storage, scenario.name, entry.name, name).get_trials(deepcopy=False)]
             row[phase] = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
                           if any(t.state == state for t in trials)}
             if phase == "final":

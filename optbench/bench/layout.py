@@ -8,6 +8,10 @@
                                         ordinary run directories, each with a trial.json:
                                         {suite, scenario, optimizer, hparams, seed, phases, overrides}
     OUT/report/                         report.md, report.html, leaderboard.csv, runs.csv, plots/
+
+`optbench bench SUITE --smoke` writes only OUT/smoke/<scenario>/<optimizer>/ (one short run directory each) and
+OUT/smoke-weights/<optimizer>/ (random meta-weights for a learned optimizer whose own are not offline), with OUT
+defaulting to bench/<suite>-smoke, so a smoke test never mixes with the suite's results.
 """
 
 from __future__ import annotations
@@ -20,6 +24,19 @@ DEFAULT_ROOT = Path("bench")
 def default_out(suite_name: str) -> Path:
     """bench/<suite>: where `optbench bench SUITE` writes and `optbench report SUITE` reads."""
     return DEFAULT_ROOT / suite_name
+
+
+def smoke_out(suite_name: str) -> Path:
+    """bench/<suite>-smoke: where `optbench bench SUITE --smoke` writes by default."""
+    return DEFAULT_ROOT / f"{suite_name}-smoke"
+
+
+def smoke_run_dir(out: Path, scenario: str, optimizer: str) -> Path:
+    return Path(out) / "smoke" / scenario / optimizer
+
+
+def smoke_weights_dir(out: Path, optimizer: str) -> Path:
+    return Path(out) / "smoke-weights" / optimizer
 
 
 def suite_file(out: Path) -> Path:

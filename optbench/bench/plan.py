@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Iterator
 import json
 import math
 import warnings
@@ -22,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optbench.bench.extend import find_edge
 from optbench.bench.suite import OptimizerEntry, Scenario, Suite, defaults, search_space
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, grid_points
 
@@ -48,6 +50,8 @@ class Proposal:
 
     hparams: dict[str, Any]
     seed: int
+    extension: str | None = None
+    """The hyperparameter this point extends beyond its grid (see extend.py); None for the method's own points."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Claim:
     phase: str
     hparams: dict[str, Any]
     seed: int
+    extension: str | None = None
+    tuning_study: int = 0
+    """Which of the repeated tuning studies (`tuning.studies`) a tuning trial belongs to."""
 
 
 def study_name(suite: Suite, scenario: str, optimizer: str, phase: str) -> str:
@@ -72,31 +79,43 @@ def load_study(suite: Suite, storage, scenario: str, optimizer: str, phase: str,
                                pruner=pruner)
 
 
-def seed_sampler(study: optuna.Study, suite: Suite, n_trials: int) -> None:
-    """TPE, seeded from the suite and the trial count: each claim builds a fresh Study object, and one seed
-    for all would propose the same first point every time; this stays reproducible."""
-    study.sampler = optuna.samplers.TPESampler(seed=suite.tuning.sampler_seed * 1_000_003 + n_trials,
-                                               constant_liar=True)
+def tuning_phase(index: int) -> str:
+    """The phase in the study name of repeated tuning study `index`: tune, tune-1, tune-2, ..."""
+    return "tune" if index == 0 else f"tune-{index}"
+
+
+def seed_sampler(study: optuna.Study, suite: Suite, n_trials: int, index: int = 0) -> None:
+    """TPE, seeded from the suite, the tuning study and the trial count: each claim builds a fresh Study object,
+    and one seed for all would propose the same first point every time; this stays reproducible."""
+    seed = (suite.tuning.sampler_seed + 1000 * index) * 1_000_003 + n_trials
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def claim_next(suite: Suite, storage) -> Claim | Next:
     """The next trial to run, claimed; WAIT if only running trials remain to decide; DONE at the end."""
     waiting = False
     for scenario, entry in suite.pairs():
-        tune = load_study(suite, storage, scenario.name, entry.name, "tune")
-        tune_trials = _trials(tune)
-        seed_sampler(tune, suite, len(tune_trials))
-        outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, tune_trials))
-        if outcome is DONE:
-            best = best_tuning(tune.get_trials(deepcopy=False))
-            if best is None:
-                continue  # every trial diverged or failed: nothing to repeat over seeds
-            final = load_study(suite, storage, scenario.name, entry.name, "final")
-            outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
-        if isinstance(outcome, Claim):
-            return outcome
-        waiting = waiting or outcome is WAIT
+        for outcome in _outcomes(suite, storage, scenario, entry):
+            if isinstance(outcome, Claim):
+                return outcome
+            waiting = waiting or outcome is WAIT
     return WAIT if waiting else DONE
+
+
+def _outcomes(suite: Suite, storage, scenario: Scenario, entry: OptimizerEntry) -> Iterator[Claim | Next]:
+    """Tuning study 0, then its best configuration over the final seeds, then the repeated tuning studies
+    (AlgoPerf's, `tuning.studies`), each at its own seed. Lazy: the caller stops at the first claim."""
+    for index in range(suite.tuning.studies):
+        tune = load_study(suite, storage, scenario.name, entry.name, tuning_phase(index))
+        trials = _trials(tune)
+        seed_sampler(tune, suite, len(trials), index)
+        outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, trials, index), index)
+        yield outcome
+        if index == 0 and outcome is DONE:
+            best = best_tuning(tune.get_trials(deepcopy=False))
+            if best is not None:  # else every trial diverged or failed: nothing to repeat over seeds
+                final = load_study(suite, storage, scenario.name, entry.name, "final")
+                yield _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
 
 
 def _trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -107,37 +126,44 @@ def _trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _claim_in(suite: Suite, study: optuna.Study, scenario: Scenario, entry: OptimizerEntry, phase: str,
-              proposal: Proposal | Next | None) -> Claim | Next:
+              proposal: Proposal | Next | None, index: int = 0) -> Claim | Next:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):
-        return _pop(suite, study, scenario, entry, phase)
+        return _pop(suite, study, scenario, entry, phase, index)
     if proposal is None:
         return WAIT if any(t.state == TrialState.RUNNING for t in trials) else DONE
     if proposal is WAIT:
         return WAIT
     if isinstance(proposal, Proposal):
-        study.enqueue_trial(proposal.hparams if phase == "tune" else {},
-                            user_attrs={"hparams": proposal.hparams, "seed": proposal.seed})
-    return _pop(suite, study, scenario, entry, phase)
+        attrs = {"hparams": proposal.hparams, "seed": proposal.seed}
+        if proposal.extension is not None:  # recorded in the study: the report reads which points extended what
+            attrs["extension"] = proposal.extension
+        # Optuna's parameters are the method's own (TPE and the pruner read them); a point beyond the grid lies
+        # outside their distributions and is described by its user attributes alone.
+        own = phase == "tune" and proposal.extension is None
+        study.enqueue_trial(proposal.hparams if own else {}, user_attrs=attrs)
+    return _pop(suite, study, scenario, entry, phase, index)
 
 
-def _pop(suite: Suite, study: optuna.Study, scenario: Scenario, entry: OptimizerEntry, phase: str) -> Claim:
+def _pop(suite: Suite, study: optuna.Study, scenario: Scenario, entry: OptimizerEntry, phase: str,
+         index: int) -> Claim:
     """Ask: a waiting trial is popped (the one just enqueued, or a dead worker's requeued copy); else TPE samples."""
     with warnings.catch_warnings():  # Optuna advises heartbeats with Study.optimize; ask/tell records them here
         warnings.filterwarnings("ignore", message=".*Heartbeat of storage.*")
         warnings.filterwarnings("ignore", message=".*out of the range.*")  # a default outside a suite's range
         trial = study.ask()
     space = search_space(entry)
+    extension = trial.user_attrs.get("extension")
     if "hparams" in trial.user_attrs:
         hparams, seed = trial.user_attrs["hparams"], trial.user_attrs["seed"]
-        if phase == "tune":  # record the enqueued values as parameters, so TPE and the pruner see them
+        if phase == "tune" and extension is None:  # the enqueued values as parameters, so TPE and the pruner see them
             for key in hparams.keys() & space.keys():
                 _suggest(trial, key, space[key])
     else:
-        hparams, seed = {key: _suggest(trial, key, dim) for key, dim in space.items()}, suite.tuning.seed
+        hparams, seed = {key: _suggest(trial, key, dim) for key, dim in space.items()}, suite.tuning.seed + index
         trial.set_user_attr("hparams", hparams)
         trial.set_user_attr("seed", seed)
-    return Claim(study, trial, scenario, entry, phase, hparams, seed)
+    return Claim(study, trial, scenario, entry, phase, hparams, seed, extension, index if phase == "tune" else 0)
 
 
 def _suggest(trial: optuna.Trial, key: str, dim: Dimension) -> Any:
@@ -171,13 +197,24 @@ def attempted(trials: list[FrozenTrial]) -> dict[str, float | None]:
     return seen
 
 
-def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTrial]) -> Proposal | Next | None:
-    """A configuration, SAMPLE (TPE), WAIT, or None when tuning is over."""
-    seen = attempted(trials)
+def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTrial],
+                    index: int = 0) -> Proposal | Next | None:
+    """A configuration, SAMPLE (TPE), WAIT, or None when tuning is over: the method's own points within its
+    trial budget, then the extensions beyond a grid edge (which the budget does not count). Tuning study
+    `index` trains at seed tuning.seed + index."""
+    space, seed = search_space(entry), suite.tuning.seed + index
+    proposal = _propose_own(suite, entry, space, attempted([t for t in trials if "extension" not in t.user_attrs]),
+                            seed)
+    if proposal is not None:
+        return proposal
+    return _propose_extension(suite, space, trials, seed)
+
+
+def _propose_own(suite: Suite, entry: OptimizerEntry, space: SearchSpace, seen: dict[str, float | None],
+                 seed: int) -> Proposal | Next | None:
     budget = entry.trials or suite.tuning.trials
     if budget is not None and len(seen) >= budget:
         return None
-    space = search_space(entry)
     if suite.tuning.method == "tpe":
         return SAMPLE
     if suite.tuning.method == "grid":
@@ -188,8 +225,40 @@ def _propose_tuning(suite: Suite, entry: OptimizerEntry, trials: list[FrozenTria
             return WAIT
     for hparams in candidates:
         if key_of(hparams) not in seen:
-            return Proposal(hparams, suite.tuning.seed)
+            return Proposal(hparams, seed)
     return None
+
+
+def _propose_extension(suite: Suite, space: SearchSpace, trials: list[FrozenTrial],
+                       seed: int) -> Proposal | Next | None:
+    """One step beyond the edge the best configuration sits on (extend.py), once every trial has its result;
+    None when no best value sits on an edge that may still be extended."""
+    seen = attempted(trials)
+    if any(loss is None for loss in seen.values()):
+        return WAIT  # the best is not known until every running trial ends
+    best = best_tuning(trials)
+    if best is None:
+        return None
+    tried = extensions(trials)
+    for key, dim in space.items():
+        if key not in best:
+            continue
+        edge = find_edge(key, dim, best[key], tried.get(key, []), suite.tuning.extend - len(tried.get(key, [])))
+        if edge is not None and edge.outward is not None:
+            point = {**best, key: edge.outward}
+            if key_of(point) not in seen:
+                return Proposal(point, seed, extension=key)
+    return None
+
+
+def extensions(trials: list[FrozenTrial]) -> dict[str, list[Any]]:
+    """Per hyperparameter, the values tried beyond its grid (each once, however often its trial was requeued)."""
+    tried: dict[str, list[Any]] = {}
+    for t in trials:
+        key = t.user_attrs.get("extension")
+        if key is not None and t.user_attrs["hparams"][key] not in tried.setdefault(key, []):
+            tried[key].append(t.user_attrs["hparams"][key])
+    return tried
 
 
 def grid(space: SearchSpace) -> list[dict[str, Any]]:

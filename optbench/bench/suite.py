@@ -9,7 +9,7 @@
       - name: muon
         fixed: {momentum: 0.95}                                 # kept at this value, not tuned
         search: {lr: {log: [0.003, 0.1], grid: [0.01, 0.02]}}   # replaces the registry's range for lr
-    tuning: {method: grid | tpe | coordinate, trials: 8, seed: 0, prune: false}
+    tuning: {method: grid | tpe | coordinate, trials: 8, seed: 0, prune: false, extend: 3, studies: 1}
     final: {seeds: [0, 1, 2]}
 
 The controlled-variable protocol (Scaling-for-Scaling, the EPFL benchmark) is enforced here: a
@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from optbench import plugins
 from optbench.errors import UserError, check, check_choice, closest
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, Uniform
 
@@ -64,6 +65,12 @@ class OptimizerEntry:
     {choice: [...]}, each with an optional grid: [...]; a key mapped to null is not tuned."""
     trials: int | None = None
     """This optimizer's tuning budget; None: tuning.trials."""
+    space: dict[str, Any] | None = None
+    """The whole search space (the registry's ranges with `search` applied, grids written out) and
+    `defaults`, every hyperparameter's default, as the bench resolved them when it started: set in OUT/suite.yaml,
+    the frozen protocol that planning, the workers and the report read whatever the registry says later
+    (protocol.py). Left out of a suite file."""
+    defaults: dict[str, Any] | None = None
     scenarios: list[str] | None = None
     """The scenarios this optimizer runs in; None: every one. For a method whose paper runs it in a setting of
     its own (Schedule-Free AdamW without a schedule, muLO on a muP model), so the other optimizers are not
@@ -85,6 +92,13 @@ class Tuning:
     """Stop trials whose intermediate val loss is worse than the median of earlier trials at that step."""
     prune_warmup_evals: int = 2
     """Evaluations each trial gets before it may be pruned."""
+    studies: int = 1
+    """Independent tuning studies per optimizer and scenario (AlgoPerf's repeated studies): study k tunes at
+    seed tuning.seed + k, TPE sampling with its own seed. The final seeds repeat study 0's best; the report gives
+    the median over studies of each study's best tuning loss, with its spread."""
+    extend: int = 3
+    """Steps each tuned hyperparameter may take beyond its grid when its best value sits on an edge (extend.py),
+    on top of the trial budget; 0: never (the report then stars such values)."""
 
 
 @dataclass
@@ -140,6 +154,12 @@ class Suite:
     tuning: Tuning = field(default_factory=Tuning)
     final: Final = field(default_factory=Final)
     execution: Execution = field(default_factory=Execution)
+    plugins: list[str] = field(default_factory=list)
+    """Plugin files (relative to the suite file) or modules that register what the suite runs (optbench/plugins.py),
+    loaded before the suite is checked; OUT/suite.yaml also lists those the bench had from --plugin and elsewhere."""
+    plugin_hashes: dict[str, str] = field(default_factory=dict)
+    """Each plugin file's SHA-256 as the suite ran (written by the bench): a worker or a rerun into the same OUT
+    meeting an edited plugin is refused rather than mixing two versions' results."""
 
     def scenario(self, name: str) -> Scenario:
         return next(s for s in self.scenarios if s.name == name)
@@ -185,6 +205,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         key = getattr(err, "full_key", None)
         first = str(err).splitlines()[0]
         raise UserError(f"suite {path}: {f'{key}: ' if key else ''}{first}") from None
+    suite.plugins, suite.plugin_hashes = plugins.load_pinned(suite.plugins, suite.plugin_hashes, path)
     validate(suite)
     return suite
 
@@ -196,6 +217,8 @@ def validate(suite: Suite) -> None:
     check(bool(suite.scenarios), f"suite {suite.name} has no scenarios")
     check(bool(suite.optimizers), f"suite {suite.name} has no optimizers")
     check(suite.tuning.trials is None or suite.tuning.trials > 0, "tuning.trials must be positive or null")
+    check(suite.tuning.extend >= 0, f"tuning.extend={suite.tuning.extend} must be >= 0")
+    check(suite.tuning.studies >= 1, f"tuning.studies={suite.tuning.studies} must be >= 1")
     check(bool(suite.final.seeds), "final.seeds must name at least one seed")
     check(suite.execution.workers > 0, f"execution.workers={suite.execution.workers} must be positive")
     check(suite.tuning.method != "tpe" or suite.tuning.trials is not None or all(o.trials for o in suite.optimizers),
@@ -216,7 +239,7 @@ def validate(suite: Suite) -> None:
     names = optim.names()
     for entry in suite.optimizers:
         check_choice("optimizer", entry.name, names)
-        own = hyperparameters(optim.get(entry.name).config_cls())
+        own = hyperparameters(entry_config(entry))
         for key in list(entry.fixed) + list(entry.search or {}):
             if key not in own:
                 raise UserError(f"optimizer {entry.name} has no hyperparameter '{key}'; valid: "
@@ -259,10 +282,18 @@ def _check_not_reserved(where: str, key: str) -> None:
 # ----------------------------------------------------------------------------- search spaces
 
 
+def is_frozen(entry: OptimizerEntry) -> bool:
+    """Whether the entry is the resolved protocol written into OUT/suite.yaml (see protocol.py)."""
+    return entry.space is not None and entry.defaults is not None
+
+
 def search_space(entry: OptimizerEntry) -> SearchSpace:
-    """The registry's ranges with the suite's replacements; keys held fixed are not searched."""
+    """The registry's ranges with the suite's replacements; keys held fixed are not searched. A frozen entry
+    (OUT/suite.yaml) is its own search space: the registry is not read."""
     from optbench import optim
 
+    if is_frozen(entry):
+        return {key: parse_dimension(f"optimizers.{entry.name}.space.{key}", spec) for key, spec in entry.space.items()}
     space: SearchSpace = {k: v for k, v in optim.get(entry.name).search_space.items() if k not in entry.fixed}
     for key, spec in (entry.search or {}).items():
         if spec is None:
@@ -303,16 +334,27 @@ def hyperparameters(config: Any, prefix: str = "") -> dict[str, Any]:
             continue
         if dataclasses.is_dataclass(value):
             found.update(hyperparameters(value, f"{prefix}{f.name}."))
+        elif isinstance(value, dict):  # optim=torch's kwargs: each keyword of its class, as kwargs.momentum
+            found.update({f"{prefix}{f.name}.{key}": v for key, v in value.items()})
         else:
             found[f"{prefix}{f.name}"] = value
     return found
 
 
 def defaults(entry: OptimizerEntry) -> dict[str, Any]:
-    """The optimizer's registry defaults with the suite's fixed values: where coordinate descent starts."""
+    """The optimizer's defaults (frozen, or the registry's) with the suite's fixed values: where coordinate
+    descent starts."""
+    base = entry.defaults if is_frozen(entry) else hyperparameters(entry_config(entry))
+    return {**base, **entry.fixed}
+
+
+def entry_config(entry: OptimizerEntry) -> Any:
+    """The optimizer's config with the entry's fixed top-level values: they may decide which hyperparameters exist
+    (optim=torch's target, whose constructor's keywords are its kwargs.*)."""
     from optbench import optim
 
-    return {**hyperparameters(optim.get(entry.name).config_cls()), **entry.fixed}
+    own = {f.name for f in dataclasses.fields(optim.get(entry.name).config_cls)}
+    return optim.make_config(entry.name, **{k: v for k, v in entry.fixed.items() if k in own and k != "name"})
 
 
 # ----------------------------------------------------------------------------- runs

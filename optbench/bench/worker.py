@@ -151,9 +151,15 @@ def record_trial(run: Path, suite: Suite, claim: Claim, overrides: list[str]) ->
     previous = read_json(path) if path.exists() else {}
     number = previous.get("trial", claim.trial.number if claim.phase == "tune" else None)
     phases = sorted(set(previous.get("phases", [])) | {claim.phase}, key=("tune", "final").index)
-    write_json(path, {"suite": suite.name, "scenario": claim.scenario.name, "optimizer": claim.entry.name,
-                      "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides, "trial": number,
-                      "phases": phases})
+    record = {"suite": suite.name, "scenario": claim.scenario.name, "optimizer": claim.entry.name,
+              "hparams": claim.hparams, "seed": claim.seed, "overrides": overrides, "trial": number, "phases": phases}
+    extension = previous.get("extension", claim.extension if claim.phase == "tune" else None)
+    if extension is not None:  # a point beyond the grid of this hyperparameter (bench/extend.py)
+        record["extension"] = extension
+    study = previous.get("study", claim.tuning_study)
+    if study:  # one of the repeated tuning studies after the first (tuning.studies)
+        record["study"] = study
+    write_json(path, record)
 
 
 class PruningObserver:

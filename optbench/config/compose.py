@@ -29,19 +29,34 @@ from optbench.errors import UserError, closest
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-@functools.cache
 def _register_schemas() -> None:
-    """Make the dataclasses visible to Hydra: the base config and one option per family/optimizer (once: the
-    ConfigStore is process-wide and the registries are filled at import)."""
+    """Make the dataclasses visible to Hydra: the base config and one option per family/optimizer, again whenever
+    the registries have grown (a plugin may register after the first compose; its choice must not be unknown)."""
+    _store_schemas(_registry_key())
+
+
+@functools.cache
+def _store_schemas(registry: tuple[str, ...]) -> None:
+    """Once per state of the registries (`registry`: their names), since the ConfigStore is process-wide."""
     from optbench.models import config_classes as model_classes
     from optbench.optim import config_classes as optim_classes
 
     store = ConfigStore.instance()
     store.store(name="optbench_base", node=Config)
     for name, cls in model_classes().items():
-        store.store(group="model", name=name, node=cls)
+        store.store(group="model", name=name, node=_schema(cls))
     for name, cls in optim_classes().items():
-        store.store(group="optim", name=name, node=cls)
+        store.store(group="optim", name=name, node=_schema(cls))
+
+
+def _schema(cls: type) -> DictConfig:
+    """A dataclass as a Hydra option. A dict field (optim=torch's kwargs) holds keys no dataclass lists, so it is
+    left open: in Hydra's struct mode `optim.kwargs.momentum=0.9` would be refused as an unknown key."""
+    node = OmegaConf.structured(cls)
+    for f in dataclasses.fields(cls):
+        if OmegaConf.get_type(node, f.name) is dict:
+            OmegaConf.set_struct(node[f.name], False)
+    return node
 
 
 def compose_dict(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

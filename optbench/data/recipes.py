@@ -3,6 +3,8 @@
 A recipe is plain data. `sources.py` reads it to find documents and `prepare.py` to tokenize them;
 adding a corpus is one `register(Recipe(...))` call below.
 
+Tiny Shakespeare also ships inside the package (`embedded.py`), so the default run works offline.
+
 Split names are always `train`, `val` and `test`; `hub_splits` and `mirror` map them to the names a
 source uses. A source without a `val` split has `data.val_fraction` of its train split carved off.
 """
@@ -12,9 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from optbench.data.embedded import Embedded
 from optbench.errors import check_choice
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+"""Of input.txt at SHAKESPEARE_URL, which the package ships (optbench/data/assets/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class Recipe:
     """How val is carved off train: "documents" (hold out the last ones) or "chars" (nanoGPT's 90/10 cut)."""
     running_text: bool = False
     """Hub rows are lines of one running text (WikiText), so no end-of-text token goes between them."""
+    embedded: Embedded | None = None
+    """A copy shipped in the package, read when neither data.source nor the mirror holds the corpus."""
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -65,6 +72,7 @@ register(Recipe(
     hub_data_files=SHAKESPEARE_URL,
     mirror={"train": "tinyshakespeare/input.txt"},
     carve="chars",
+    embedded=Embedded("tinyshakespeare.txt.xz", SHAKESPEARE_SHA256),
 ))
 register(Recipe(
     name="tinystories",

@@ -1,9 +1,11 @@
-"""The documents of each split of a recipe: from `data.source`, the offline mirror, or the hub.
+"""The documents of each split of a recipe: from `data.source`, the offline mirror, the package, or the hub.
 
 Lookup order: `data.source=PATH` when given (a file, folder or glob of .txt/.json/.jsonl/.parquet,
 optionally .gz), else the recipe's files under `data.mirror` when they hold a train split, else the
-hub, streamed. Everything is read through HF `datasets` (text files at URLs through fsspec, see
-`RemoteTextFiles`): .txt files are one document each.
+copy shipped in the package (Tiny Shakespeare, see `embedded.py`), else the hub, streamed. The shipped
+copy comes before the hub: it is the same text, checksummed, and needs no network (an offline machine
+that drops packets would otherwise wait on the connection). Files are read through HF `datasets` (text
+files at URLs through fsspec, see `RemoteTextFiles`): .txt files are one document each.
 
 Local files go to the split their path names (`train`, `val`/`valid`/`validation`, `test` as a word
 of the path below the source folder); files naming no split are train. A source without val gets
@@ -24,6 +26,7 @@ from itertools import groupby, islice
 from pathlib import Path
 
 from optbench.config.schema import DataConfig
+from optbench.data.embedded import read_text
 from optbench.data.recipes import Recipe
 from optbench.errors import UserError, check
 
@@ -64,12 +67,14 @@ class Source:
 
 
 def open_source(recipe: Recipe, cfg: DataConfig) -> Source:
-    """The documents `cfg` asks for: its source, else the offline mirror, else the hub."""
+    """The documents `cfg` asks for: its source, else the offline mirror, else the embedded copy, else the hub."""
     if cfg.source is not None:
         return local_source(recipe, cfg.source, cfg.val_fraction)
     mirror = mirror_files(recipe, cfg.mirror)
     if mirror and "train" in mirror:
         return files_source(recipe, mirror, f"mirror {expand_path(cfg.mirror)}", cfg.val_fraction)
+    if recipe.embedded is not None and recipe.embedded.installed():
+        return embedded_source(recipe, cfg.val_fraction)
     lacks_train = f"; the mirror {expand_path(cfg.mirror)} has no train split" if mirror else ""
     return hub_source(recipe, cfg.val_fraction, lacks_train)
 
@@ -138,6 +143,18 @@ def files_source(recipe: Recipe, by_split: dict[str, list[Path]], description: s
                  val_fraction: float) -> Source:
     """Streams over local files, val carved off train when no file is a val split."""
     docs = {split: file_docs(files, recipe.text_field) for split, files in by_split.items()}
+    return docs_source(recipe, docs, description, val_fraction)
+
+
+def embedded_source(recipe: Recipe, val_fraction: float) -> Source:
+    """The recipe's copy shipped in the package: one document, its checksum verified at every read."""
+    copy = recipe.embedded
+    docs = {"train": lambda: iter([read_text(copy)])}
+    return docs_source(recipe, docs, f"embedded {copy.path} (sha256 {copy.sha256[:12]})", val_fraction)
+
+
+def docs_source(recipe: Recipe, docs: dict[str, Docs], description: str, val_fraction: float) -> Source:
+    """Streams over each split's documents, val carved off train when there is no val split."""
     if "val" not in docs:
         docs["train"], docs["val"] = carve(docs["train"], val_fraction, recipe.carve)
     return Source(description, [Stream((s,), tagged(s, docs[s])) for s in SPLITS if s in docs])

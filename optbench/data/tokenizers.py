@@ -159,6 +159,7 @@ def make_tokenizer(spec: str, mirror: str | os.PathLike | None = None,
     `mirror` is the offline folder searched for the GPT-2 ranks; `corpus_chars` the text (or
     the distinct characters) a `char` tokenizer takes its vocabulary from.
     """
+    check_spec(spec)
     if spec == "gpt2":
         bpe_file = Path(mirror) / GPT2_FILE if mirror else None
         return Gpt2Tokenizer(str(bpe_file) if bpe_file and bpe_file.is_file() else None)
@@ -166,10 +167,37 @@ def make_tokenizer(spec: str, mirror: str | os.PathLike | None = None,
         if corpus_chars is None:
             raise ValueError("a char tokenizer needs corpus_chars")
         return CharTokenizer("".join(sorted(set(corpus_chars))))
-    if spec.startswith("hf:") and len(spec) > 3:
-        return _hf_tokenizer(spec, mirror)
-    near = closest(spec, ("gpt2", "char", "hf:"), n=1)
-    raise UserError(f"unknown data.tokenizer '{spec}' (closest: {near[0]}); valid: {', '.join(SPECS)}")
+    return _hf_tokenizer(spec, mirror)
+
+
+def check_spec(spec: str) -> None:
+    """A UserError unless `spec` is one of SPECS, checked without building it (an hf:PATH file must exist)."""
+    if spec in ("gpt2", "char"):
+        return
+    if not (spec.startswith("hf:") and len(spec) > 3):
+        near = closest(spec, ("gpt2", "char", "hf:"), n=1)
+        raise UserError(f"unknown data.tokenizer '{spec}' (closest: {near[0]}); valid: {', '.join(SPECS)}")
+    target = spec[3:]
+    looks_local = target.endswith(".json") or target.startswith((".", "/", "~"))
+    check(not looks_local or _local_file(target).is_file(),
+          f"data.tokenizer '{spec}': no tokenizer file at {_local_file(target)}")
+
+
+def available_offline(spec: str, mirror: str | os.PathLike | None) -> bool:
+    """Whether `make_tokenizer(spec, mirror)` builds without the network: char, hf:PATH, and gpt2 or hf:NAME from the
+    mirror. tiktoken's and the hub's own caches are not looked into: reaching them can still go online."""
+    if spec == "char":
+        return True
+    if spec == "gpt2":
+        return bool(mirror) and (Path(mirror) / GPT2_FILE).is_file()
+    copy = mirror_tokenizer_file(spec[3:], mirror)
+    return _local_file(spec[3:]).is_file() or (copy is not None and copy.is_file())
+
+
+def _local_file(target: str) -> Path:
+    """Where `hf:target` is read from disk: the file itself, or the tokenizer.json of a folder."""
+    path = Path(os.path.expanduser(target))
+    return path / "tokenizer.json" if path.is_dir() else path
 
 
 def mirror_tokenizer_file(name: str, mirror: str | os.PathLike | None) -> Path | None:
@@ -182,13 +210,9 @@ def _hf_tokenizer(spec: str, mirror: str | os.PathLike | None = None) -> HFToken
     from tokenizers import Tokenizer as RustTokenizer
 
     target = spec[3:]
-    path = Path(os.path.expanduser(target))
-    if path.is_dir():
-        path = path / "tokenizer.json"
+    path = _local_file(target)
     if path.is_file():
         return HFTokenizer(RustTokenizer.from_file(str(path)), spec)
-    looks_local = target.endswith(".json") or target.startswith((".", "/", "~"))
-    check(not looks_local, f"data.tokenizer '{spec}': no tokenizer file at {path}")
     copy = mirror_tokenizer_file(target, mirror)
     if copy is not None and copy.is_file():  # the name is kept, so meta.json and run names do not depend on it
         return HFTokenizer(RustTokenizer.from_file(str(copy)), spec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from optbench.config.schema import OptimConfig
 from optbench.errors import UserError, check_choice, closest
 from optbench.optim.routing import Routed, groups_by_role, route
-from optbench.optim.search_space import SearchSpace
+from optbench.optim.search_space import SearchSpace, around_lr
 
 Builder = Callable[[list[dict], OptimConfig], torch.optim.Optimizer]
 
@@ -54,9 +54,13 @@ class OptimizerSpec:
     """Where the update rule's code comes from: 'torch.optim', a PyPI package==version, or 'optbench'."""
     reference: str
     """The paper and the reference implementation (and version) it is checked against."""
-    search_space: SearchSpace = field(default_factory=dict)
-    """Default tuning ranges of this optimizer's own hyperparameters."""
+    search_space: SearchSpace | None = None
+    """Default tuning ranges of this optimizer's own hyperparameters; None (a plugin that declares none): lr over
+    a decade either side of the config's default (`register` fills it in)."""
     capabilities: Capabilities = Capabilities()
+    adapter: bool = False
+    """Wraps a class its config names (optim=torch) instead of implementing one algorithm: not counted among the
+    benchmark's optimizers."""
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -65,9 +69,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {}
 def register(spec: OptimizerSpec) -> OptimizerSpec:
     """Add an optimizer; its config's `name` must default to `spec.name` and its search space name real keys."""
     if spec.name in OPTIMIZERS:
-        raise ValueError(f"optimizer {spec.name!r} registered twice")
+        first = OPTIMIZERS[spec.name].build.__module__
+        raise ValueError(f"optimizer {spec.name!r} registered twice (first by {first})")
     if spec.config_cls().name != spec.name:
         raise ValueError(f"{spec.config_cls.__name__}.name must default to {spec.name!r}")
+    if spec.search_space is None:
+        spec = dataclasses.replace(spec, search_space={"lr": around_lr(spec.config_cls().lr)})
     unknown = set(spec.search_space) - _fields(spec.config_cls)
     if unknown:
         raise ValueError(f"search space of {spec.name!r} names unknown hyperparameters {sorted(unknown)}")
@@ -126,16 +133,22 @@ def make_config(name: str, **hparams) -> OptimConfig:
     return spec.config_cls(**hparams)
 
 
+def matrix_only(cfg: OptimConfig) -> bool:
+    """Whether the optimizer takes only hidden matrices: as its spec declares, or as a config with a `matrix_only`
+    switch chooses per run (optim=torch wraps any class, and only the user knows which kind it is)."""
+    return get(cfg.name).capabilities.matrix_only or bool(getattr(cfg, "matrix_only", False))
+
+
 def plan(cfg: OptimConfig, model: nn.Module) -> list[Routed]:
     """The run's one build plan (see routing.py): both the optimizer and routing.json are made from it."""
-    return route(model, cfg, matrix_only=get(cfg.name).capabilities.matrix_only)
+    return route(model, cfg, matrix_only=matrix_only(cfg))
 
 
 def build_for(cfg: OptimConfig, routed: list[Routed]) -> torch.optim.Optimizer:
     """Build the optimizer `cfg` describes over a build plan; a matrix optimizer's backup takes the entries the
     plan gives it, with the decay and lr the plan already holds."""
     spec = get(cfg.name)
-    if not spec.capabilities.matrix_only:
+    if not matrix_only(cfg):
         return spec.build(groups_by_role(routed), cfg)
     from optbench.optim.hybrid import HybridOptimizer
 

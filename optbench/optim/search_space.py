@@ -46,8 +46,15 @@ def grid_points(dim: Dimension) -> tuple[Any, ...]:
     if isinstance(dim, LogUniform):
         points, value = [], dim.low
         while value <= dim.high * (1 + 1e-9):
-            points.append(float(f"{value:.3g}"))
+            points.append(min(max(float(f"{value:.3g}"), dim.low), dim.high))  # rounded, never out of range
             value *= 10 ** 0.5
         return tuple(points)
     step = (dim.high - dim.low) / 4
     return tuple(dim.low + i * step for i in range(5))
+
+
+def around_lr(lr: float) -> LogUniform:
+    """A decade either side of a default lr, gridded every half decade: the range of an optimizer that declares no
+    search space of its own (a plugin's), centred where its author put the default."""
+    grid = tuple(float(f"{lr * 10 ** (k / 2):.3g}") for k in range(-2, 3))
+    return LogUniform(grid[0], grid[-1], grid)

@@ -118,5 +118,6 @@ def _statistics(result: ScenarioResult) -> dict[str, Any]:
                    if target is not None and len(result.table) else None),
         "pairs": tables.display_pairs(result.pairs, result.alpha) if len(result.pairs) else None,
         "burden": tables.display_burden(result.burden) if len(result.burden) else None,
+        "studies": tables.display_studies(result.studies) if len(result.studies) else None,
         "neighbours": tables.display_neighbours(result.neighbours) if len(result.neighbours) else None,
     }

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from optbench.bench.extend import find_edge
 from optbench.bench.suite import Scenario, search_space
-from optbench.optim.search_space import LogUniform, Uniform, grid_points
 from optbench.report import measures, statistics
 from optbench.report.load import MISSING, Bench, Run
 from optbench.report.significance import pairwise_p, welch_p
@@ -40,6 +40,8 @@ class ScenarioResult:
     """Per optimizer with tuning runs: trials until within 1% of its best tuning loss."""
     neighbours: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Per optimizer and tuned hyperparameter: the loss one grid step either side of the best."""
+    studies: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Per optimizer, with tuning.studies > 1: AlgoPerf's repeated tuning studies (statistics.repeated_studies)."""
     without_final: list[str] = field(default_factory=list)
     """Optimizers of the suite with no final run in this scenario (not on the leaderboard)."""
 
@@ -59,7 +61,7 @@ def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
                            "best_tune_loss": best})
             chosen = finals[0].hparams if finals else _best_tuning_hparams(tuning)
             if chosen is not None:
-                table = statistics.neighbours(search_space(entry), chosen, tuning)
+                table = statistics.neighbours(search_space(entry), chosen, tuning, extended_values(tuning))
                 table.insert(0, "optimizer", entry.name)
                 ablation.append(table)
         if not finals:
@@ -79,7 +81,21 @@ def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
     return ScenarioResult(scenario=scenario, fit=fit, table=table, pairwise=pairwise_p(losses),
                           without_final=without, alpha=alpha, pairs=statistics.pairs_table(losses, alpha),
                           burden=burden_table,
-                          neighbours=pd.concat(ablation, ignore_index=True) if ablation else pd.DataFrame())
+                          neighbours=pd.concat(ablation, ignore_index=True) if ablation else pd.DataFrame(),
+                          studies=repeated_studies(bench, scenario))
+
+
+def repeated_studies(bench: Bench, scenario: Scenario) -> pd.DataFrame:
+    """One row per optimizer when the suite ran several tuning studies (tuning.studies), best median first."""
+    suite = bench.suite
+    if suite.tuning.studies < 2:
+        return pd.DataFrame()
+    rows = []
+    for entry in [e for e in suite.optimizers if suite.runs_in(e, scenario)]:
+        runs = bench.select(scenario.name, entry.name, "tune", study=None)
+        by_study = {k: [r for r in runs if r.study == k] for k in range(suite.tuning.studies)}
+        rows.append({"optimizer": entry.name, **statistics.repeated_studies(by_study)})
+    return pd.DataFrame(rows).sort_values("median_best", kind="stable").reset_index(drop=True)
 
 
 def _best_tuning_hparams(runs: list[Run]) -> dict | None:
@@ -126,7 +142,7 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
         "final_loss_mean": mean,
         "final_loss_std": float(losses.std(ddof=1)) if len(losses) > 1 else math.nan,
         "hparams": json.dumps(finals[0].hparams, sort_keys=True),
-        "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams)),
+        "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams, bench.select(scenario.name, name, "tune"))),
         "tokens": tokens,
         "speedup": speedup(fit, mean, tokens),
         "steps_to_target": steps,
@@ -148,16 +164,27 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
     }
 
 
-def at_grid_edge(bench: Bench, name: str, hparams: dict) -> list[str]:
-    """Tuned ranges whose best value is the lowest or highest grid point: the optimum may lie beyond the
-    grid, so the optimizer may be under-tuned there (a reader should widen the range and rerun)."""
-    space = search_space(bench.suite.optimizer(name))
+def at_grid_edge(bench: Bench, name: str, hparams: dict, tuning: list[Run]) -> list[str]:
+    """Tuned hyperparameters whose best value still sits on the edge of what was tried: the bench could not
+    extend past it (a hard bound, or the suite's extension budget), or has not yet; the optimum may lie beyond,
+    so the optimizer may be under-tuned there."""
+    tried = extended_values(tuning)
     edges = []
-    for key, dim in space.items():
-        points = grid_points(dim)
-        if isinstance(dim, (LogUniform, Uniform)) and len(points) >= 3 and hparams.get(key) in (min(points), max(points)):
+    for key, dim in search_space(bench.suite.optimizer(name)).items():
+        extended = tried.get(key, [])
+        edge = find_edge(key, dim, hparams.get(key), extended, bench.suite.tuning.extend - len(extended))
+        if edge is not None:
             edges.append(key)
     return edges
+
+
+def extended_values(tuning: list[Run]) -> dict[str, list]:
+    """Per hyperparameter, the values its tuning runs tried beyond the grid."""
+    tried: dict[str, list] = {}
+    for run in tuning:
+        if run.extension is not None and run.hparams.get(run.extension) not in tried.setdefault(run.extension, []):
+            tried[run.extension].append(run.hparams[run.extension])
+    return tried
 
 
 def _add_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:

@@ -38,6 +38,10 @@ class Run:
     env: dict[str, Any] = field(default_factory=dict)
     trial: int | None = None
     """The tuning trial's number where trial.json records one (`trial` or `number`); None otherwise."""
+    extension: str | None = None
+    """The hyperparameter this tuning point extended beyond its grid (bench/extend.py); None otherwise."""
+    study: int = 0
+    """Which repeated tuning study (tuning.studies) a tuning run belongs to."""
 
     @property
     def status(self) -> str:
@@ -72,10 +76,13 @@ class Bench:
     skipped: list[str]
     """Run directories that could not be used, each with why (no trial.json, unknown scenario, ...)."""
 
-    def select(self, scenario: str, optimizer: str | None = None, phase: str | None = None) -> list[Run]:
+    def select(self, scenario: str, optimizer: str | None = None, phase: str | None = None,
+               study: int | None = 0) -> list[Run]:
+        """Runs of a scenario (an optimizer's, a phase's); tuning runs of one tuning study (None: of all)."""
         return [r for r in self.runs if r.scenario == scenario
                 and (optimizer is None or r.optimizer == optimizer)
-                and (phase is None or phase in r.phases)]
+                and (phase is None or phase in r.phases)
+                and (phase != "tune" or study is None or r.study == study)]
 
 
 def load_bench(out: Path) -> Bench:
@@ -118,7 +125,8 @@ def _read_run(path: Path) -> Run | None:
                summary=_read_json(path / "summary.json") or {},
                evals=[line for line in lines if "val_loss" in line],
                train=[line for line in lines if "val_loss" not in line],
-               env=_read_json(path / "env.json") or {}, trial=_trial_number(trial))
+               env=_read_json(path / "env.json") or {}, trial=_trial_number(trial), extension=trial.get("extension"),
+               study=int(trial.get("study", 0)))
 
 
 def _trial_number(trial: dict[str, Any]) -> int | None:

@@ -23,18 +23,24 @@ STATS_NOTES = {
              "needed: per optimizer, for a one-sided two-sample t-test at α={alpha:g} to detect the measured gap "
              "with power 0.8, the sd being √((s₁² + s₂²)/2) (exact, noncentral t).",
     "burden": "Tuning burden: tuning trials, in the order they were run, until the first whose final loss is within "
-              "1% of the best tuning loss (diverged and failed trials count). AlgoPerf's repeated tuning studies "
-              "need several studies per optimizer from the bench and are not reported.",
+              "1% of the best tuning loss (diverged and failed trials count), in tuning study 0.",
+    "studies": "AlgoPerf's repeated tuning studies (tuning.studies): independent tuning studies, each at its own "
+               "seed; an optimizer's score is the median over studies of each study's best tuning loss (a study "
+               "with no finite loss counts as infinite), with its spread and each study's choice.",
     "neighbours": "Sensitivity of the chosen hyperparameters (Marin's ablation): the tuning loss one grid step "
                   "either side of the best value, the others held at best, as value: loss.",
 }
+
+
+STATS_KEYS = ("target", "pairs", "burden", "studies", "neighbours")
 
 
 def stats_notes(alpha: float) -> dict[str, str]:
     return {k: v.format(alpha=alpha) for k, v in STATS_NOTES.items()}
 
 
-EDGE_NOTE = "A starred hyperparameter is at the edge of its tuning grid: its optimum may lie beyond it."
+EDGE_NOTE = ("A starred hyperparameter's best value is at the edge of what was tried, and the bench could not extend "
+             "beyond it (a hard bound, or the suite's tuning.extend budget): its optimum may lie further out.")
 
 
 def write_markdown(path: Path, context: dict[str, Any]) -> None:
@@ -82,7 +88,7 @@ def _markdown_section(section: dict[str, Any]) -> list[str]:
     stats = section["statistics"]
     notes = stats_notes(stats["alpha"])
     lines += [f"### Statistics: `{section['name']}`", ""]
-    for key in ("target", "pairs", "burden", "neighbours"):
+    for key in STATS_KEYS:
         if stats[key] is not None:
             lines += [notes[key], "", _md(stats[key], numparse=False), ""]
     return lines
@@ -111,7 +117,7 @@ def write_html(path: Path, context: dict[str, Any], report_dir: Path) -> None:
     env.globals["scenario_line"] = _scenario_line
     env.globals["versions"] = _versions
     env.globals["stats_notes"] = stats_notes
-    path.write_text(env.get_template(TEMPLATE).render(**context, edge_note=EDGE_NOTE))
+    path.write_text(env.get_template(TEMPLATE).render(**context, edge_note=EDGE_NOTE, stats_keys=STATS_KEYS))
 
 
 def _data_uri(png: Path) -> str:

@@ -5,11 +5,10 @@ than another, how many seeds would settle a gap, how long tuning took, and how s
     welch_less_p        its pairwise form: one-sided Welch test, H1: mean(A) < mean(B)
     seeds_needed        seeds per optimizer for a one-sided two-sample t-test to resolve a gap (power 0.8)
     trials_to_within    tuning burden: trials (in trial order) until within 1% of the best tuning loss
+    repeated_studies    AlgoPerf's repeated tuning studies: median over studies of each study's best, its spread
     neighbours          Marin's ablation: the loss one grid step either side of the best, per tuned key
 
 Every function is pure over numbers or `Run` lists; NaN means "undefined here" (too few seeds, no spread).
-AlgoPerf's repeated tuning studies (tuning burden as a distribution over independent studies) need the
-bench to run several studies per optimizer, so they are not reported.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from optbench.optim.search_space import Dimension, grid_points
+from optbench.bench.extend import ladder
+from optbench.optim.search_space import Dimension
 from optbench.report.load import Run
 from optbench.report.significance import welch_p
 
@@ -160,6 +160,24 @@ def trials_to_within(runs: Sequence[Run], within: float = WITHIN) -> tuple[float
     return float(first + 1), best, len(ordered)
 
 
+def repeated_studies(studies: Mapping[int, Sequence[Run]]) -> dict[str, Any]:
+    """AlgoPerf's repeated tuning studies of one optimizer: each study's best tuning loss and the hyperparameters
+    that gave it, the median over studies (the optimizer's score) and the spread (max - min), and the median
+    tuning burden. A study without a finite loss counts with an infinite best, as AlgoPerf counts a failure."""
+    bests, chosen, burdens = [], [], []
+    for index in sorted(studies):
+        trials, best, _ = trials_to_within(studies[index])
+        bests.append(best if math.isfinite(best) else math.inf)
+        done = [r for r in studies[index] if math.isfinite(r.final_loss)]
+        chosen.append(min(done, key=lambda r: r.final_loss).hparams if done else None)
+        burdens.append(trials)
+    finite = [b for b in bests if math.isfinite(b)]
+    return {"studies": len(bests), "median_best": float(np.median(bests)) if bests else math.nan,
+            "spread": (max(finite) - min(finite)) if len(finite) == len(bests) and finite else math.nan,
+            "bests": bests, "chosen": chosen, "median_trials_to_1pct": float(np.nanmedian(burdens))
+            if any(math.isfinite(b) for b in burdens) else math.nan}
+
+
 # ----------------------------------------------------------------------------- (d) neighbours
 
 
@@ -184,16 +202,18 @@ def _outcome(runs: Sequence[Run]) -> tuple[float, str]:
     return math.nan, runs[0].status
 
 
-def neighbours(space: Mapping[str, Dimension], best: dict[str, Any], tune_runs: Sequence[Run]) -> pd.DataFrame:
+def neighbours(space: Mapping[str, Dimension], best: dict[str, Any], tune_runs: Sequence[Run],
+               extended: Mapping[str, list] | None = None) -> pd.DataFrame:
     """Per tuned hyperparameter of `best`: the tuning loss at best, and at one grid step below and above
-    with every other hyperparameter held at best. A missing neighbour says why: 'not run', 'edge of
-    grid', 'off grid' (best is not a grid point), or the status of a run without a loss (diverged, ...)."""
+    with every other hyperparameter held at best (the grid as extended beyond its edges, `extended`). A missing
+    neighbour says why: 'not run', 'edge of grid', 'off grid' (best is not a grid point), or the status of a
+    run without a loss (diverged, ...)."""
     rows = []
     centre, centre_note = _outcome(_find(tune_runs, best))
     for key, dim in space.items():
         if key not in best:
             continue
-        points = list(grid_points(dim))
+        points = ladder(dim, (extended or {}).get(key, []))
         where = [i for i, p in enumerate(points) if _same(p, best[key])]
         row = {"hparam": key, "best": best[key], "loss_at_best": centre, "note_at_best": centre_note}
         for side, step in (("below", -1), ("above", 1)):

@@ -168,6 +168,19 @@ def display_burden(burden: pd.DataFrame) -> pd.DataFrame:
     } for row in burden.to_dict("records")])
 
 
+def display_studies(studies: pd.DataFrame) -> pd.DataFrame:
+    """AlgoPerf's repeated tuning studies: the score (median of the studies' bests), its spread, each study."""
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "studies": str(row["studies"]),
+        "median of study bests": _number(row["median_best"], "{:.4f}"),
+        "spread (max − min)": _number(row["spread"], "{:.4f}"),
+        "each study's best": ", ".join(_number(b, "{:.4f}") for b in row["bests"]),
+        "each study's hyperparameters": "; ".join(hparams_text(h) if h is not None else DASH for h in row["chosen"]),
+        "trials to within 1% (median)": _number(row["median_trials_to_1pct"], "{:.0f}"),
+    } for row in studies.to_dict("records")])
+
+
 def display_neighbours(table: pd.DataFrame) -> pd.DataFrame:
     """Per optimizer and tuned hyperparameter: the loss at the best value and one grid step either side."""
     return pd.DataFrame([{

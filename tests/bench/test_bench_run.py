@@ -26,7 +26,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def micro_suite(tmp_path: Path, corpus: Path, steps: int = 20, grid=(1e-3, 1e-2), seeds=(0, 1), name="micro",
-                **execution) -> Path:
+                extend: int = 0, **execution) -> Path:
+    """Two optimizers tuned over a grid of learning rates; no extension beyond the grid unless `extend` (the
+    trial counts these tests check are those of the grid itself)."""
     suite = {
         "name": name,
         "base": [f"data.source={corpus}", f"data.root={tmp_path / 'prepared'}", "data.num_proc=1",
@@ -38,7 +40,7 @@ def micro_suite(tmp_path: Path, corpus: Path, steps: int = 20, grid=(1e-3, 1e-2)
                                                     "beta2": None, "weight_decay": None}},
                        {"name": "lion", "search": {"lr": {"log": [1e-5, 1e-2], "grid": [1e-4, 1e-3]},
                                                    "beta2": None, "weight_decay": None}}],
-        "tuning": {"method": "grid"},
+        "tuning": {"method": "grid", "extend": extend},
         "final": {"seeds": list(seeds)},
         "execution": {"workers": 1, "threads_per_worker": 1, "ckpt_every": 10, "heartbeat_s": 1, "grace_s": 3,
                       **execution},
@@ -110,10 +112,10 @@ def bench_process(suite_path: Path, out: Path, workers: int = 1) -> subprocess.P
                             text=True, start_new_session=True, env=child_env())
 
 
-def wait_for(condition, timeout: float = 180.0) -> None:
+def wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.05)
 
 

@@ -28,7 +28,7 @@ from tests.bench.test_bench_run import bench_process, micro_suite, run_dirs, ste
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-STEPS = 120
+STEPS = 200
 
 
 def training(out: Path) -> list[Path]:
@@ -42,10 +42,28 @@ def training(out: Path) -> list[Path]:
     return found
 
 
-def claimed(out: Path) -> dict[str, str]:
-    """Each worker's running trial's run directory, by worker slot, as the study records it."""
-    return {t.user_attrs["worker"]: t.user_attrs["run_dir"] for t in trials(out)
-            if t.state == TrialState.RUNNING and "worker" in t.user_attrs}
+def open_run(pid: int) -> Path | None:
+    """The run directory whose metrics.jsonl process `pid` holds open (the trainer keeps it open while it trains)."""
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = Path(os.readlink(fd))
+            if target.name == "metrics.jsonl":
+                return target.parent
+    except OSError:  # exited, or a descriptor closed while we looked
+        return None
+    return None
+
+
+def state(out: Path) -> str:
+    """What the runs and workers were doing, for a failure message."""
+    runs = {str(run): read_json(run / "summary.json").get("status") for run in run_dirs(out)
+            if (run / "summary.json").exists()}
+    logs = {p.name: p.read_text()[-2000:] for p in (out / "workers").glob("*.log")}
+    return f"runs {runs}; worker logs {logs}"
+
+
+def is_stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("T", "t")
 
 
 def pending(pid: int, sig: signal.Signals) -> bool:
@@ -70,24 +88,38 @@ def test_sigterm_reaches_every_worker_whose_trials_checkpoint_and_requeue(tmp_pa
     bench = bench_process(path, out, workers=2)
     held = []  # the workers, by pidfd: cleaned up below even if a broken coordinator left them orphaned
     try:
-        wait_for(lambda: len(children(bench.pid)) == 2)
+        wait_for(lambda: len(children(bench.pid)) == 2, what="two workers")
         workers = {slot: child_with_args(bench.pid, "--worker", slot) for slot in ("0", "1")}
         held = [(hold(bench.pid, pid), pid) for pid in workers.values()]
         # Each worker is paused (SIGSTOP) the moment its trial is seen inside the training loop, so both are
-        # caught mid-trial however far apart a loaded machine starts them (raced, one could finish first).
+        # caught mid-trial however far apart a loaded machine starts them (raced, one could finish first). The
+        # run a worker trains is the one whose metrics.jsonl it holds open: a look costs a millisecond, where a
+        # query of the study could take longer than a whole trial on a loaded machine.
         paused: set[str] = set()
 
         def pause_the_training() -> bool:
-            runs = {run: slot for slot, run in claimed(out).items() if slot not in paused}
-            for run in training(out):
-                if str(run) in runs:
-                    send(*held[list(workers).index(runs[str(run)])], signal.SIGSTOP)
-                    paused.add(runs[str(run)])
+            for slot, pid in workers.items():
+                run = open_run(pid)
+                if slot not in paused and run is not None and run in training(out):
+                    send(*held[list(workers).index(slot)], signal.SIGSTOP)
+                    paused.add(slot)
             return len(paused) == 2
 
-        wait_for(pause_the_training)
+        try:
+            wait_for(pause_the_training)
+        except AssertionError:
+            raise AssertionError(f"never both training; paused {paused}; {state(out)}") from None
+        # Stopped in fact, not only sent SIGSTOP: a SIGTERM arriving before the stop takes effect is taken first
+        # (a lower number) and would not show as pending below.
+        wait_for(lambda: all(is_stopped(pid) for pid in workers.values()), what="both workers stopped")
         bench.send_signal(signal.SIGTERM)  # to the coordinator alone, as Slurm or `kill PID` would
-        wait_for(lambda: all(pending(pid, signal.SIGTERM) for pid in workers.values()))  # forwarded to both
+        try:
+            wait_for(lambda: all(pending(pid, signal.SIGTERM) for pid in workers.values()))  # forwarded to both
+        except AssertionError:
+            signals = {pid: [line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                             if line.startswith(("State", "Sig", "Shd"))] for pid in [bench.pid, *workers.values()]}
+            raise AssertionError(f"SIGTERM not pending in both paused workers: {signals}; coordinator exit "
+                                 f"{bench.poll()}; {state(out)}") from None
         for fd, pid in held:
             send(fd, pid, signal.SIGCONT)
         output, _ = bench.communicate(timeout=120)

@@ -18,11 +18,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def make_suite(method="coordinate", trials=None, seeds=(0, 1), optimizers=None, **execution) -> Suite:
+    """The method's own points only (extend=0): the walk beyond a grid edge is test_extend.py's."""
     optimizers = optimizers or [OptimizerEntry("adamw", search={
         "lr": {"log": [1e-4, 1e-1], "grid": [1e-3, 3e-3, 1e-2, 3e-2]}, "beta2": {"choice": [0.9, 0.95, 0.99]},
         "weight_decay": None})]
     suite = Suite(name="plan-test", scenarios=[Scenario("s")], optimizers=optimizers,
-                  tuning=Tuning(method=method, trials=trials), final=Final(seeds=list(seeds)),
+                  tuning=Tuning(method=method, trials=trials, extend=0), final=Final(seeds=list(seeds)),
                   execution=Execution(**execution))
     validate(suite)
     return suite
@@ -136,3 +137,17 @@ def test_an_optimizer_whose_every_trial_diverged_gets_no_final_runs(storage):
     assert claim is plan.DONE
     final = plan.load_study(suite, storage, "s", "adamw", "final")
     assert final.get_trials() == []
+
+
+def test_repeated_tuning_studies_each_tune_at_their_own_seed_and_the_final_repeats_study_0s_best(storage):
+    suite = make_suite("grid", seeds=(5,))
+    suite.tuning.studies = 3
+    validate(suite)
+    claims = run_to_end(suite, storage)
+    tune = [c for c in claims if c.phase == "tune"]
+    for index in range(3):
+        mine = [c for c in tune if c.tuning_study == index]
+        assert len(mine) == 12 and {c.seed for c in mine} == {index}  # the whole 4 x 3 grid, at seed 0 + index
+        assert {c.study.study_name for c in mine} == {f"plan-test/s/adamw/{plan.tuning_phase(index)}"}
+    final = [c for c in claims if c.phase == "final"]
+    assert [(c.seed, c.hparams) for c in final] == [(5, {"lr": 1e-2, "beta2": 0.95})]

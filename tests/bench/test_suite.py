@@ -111,7 +111,7 @@ def test_rerunning_into_results_of_a_different_protocol_is_refused(tmp_path):
     check_compatible(load_suite(write(tmp_path, optimizers=added)), out)  # another optimizer: fine
     with pytest.raises(UserError, match="with a different scenarios"):
         check_compatible(load_suite(write(tmp_path, scenarios=[{"name": "b"}])), out)
-    with pytest.raises(UserError, match="tuned optimizer adamw with other settings"):
+    with pytest.raises(UserError, match=r"tuned optimizer adamw under another protocol \(trials: None -> 2\)"):
         check_compatible(load_suite(write(tmp_path, optimizers=[{"name": "adamw", "trials": 2}, VALID["optimizers"][1]])), out)
     with pytest.raises(UserError, match="final.seeds may only grow"):
         check_compatible(load_suite(write(tmp_path, final={"seeds": [5]})), out)

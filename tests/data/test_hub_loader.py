@@ -72,6 +72,11 @@ def with_recipe(monkeypatch, recipe: Recipe) -> None:
     monkeypatch.setitem(recipes.RECIPES, recipe.name, recipe)
 
 
+def shakespeare_at(url: str) -> Recipe:
+    """shakespeare-char downloading from `url`, without the package's embedded copy (which comes before the hub)."""
+    return dataclasses.replace(recipes.get_recipe("shakespeare-char"), hub_data_files=url, embedded=None)
+
+
 def decode(prepared, split: str) -> str:
     return prepared.tokenizer().decode(np.asarray(prepared.tokens(split)).tolist())
 
@@ -81,7 +86,7 @@ def test_a_text_url_recipe_downloads_and_carves_like_nanogpt(server, data_cfg, m
     root, served = server
     (root / "input.txt").write_text(TEXT)
     url = served.url("input.txt")
-    with_recipe(monkeypatch, dataclasses.replace(recipes.get_recipe("shakespeare-char"), hub_data_files=url))
+    with_recipe(monkeypatch, shakespeare_at(url))
     prepared = prepare(data_cfg(name="shakespeare-char"), progress=False)
     assert prepared.meta["source"] == f"hub text {url}"
     cut = int(len(TEXT) * 0.9)
@@ -120,7 +125,7 @@ def test_an_unreachable_url_is_one_user_error_and_nothing_is_prepared(server, da
                                                                      where):
     root, served = server
     url = served.url("gone.txt") if where == "missing-file" else f"http://127.0.0.1:{unused_port()}/input.txt"
-    with_recipe(monkeypatch, dataclasses.replace(recipes.get_recipe("shakespeare-char"), hub_data_files=url))
+    with_recipe(monkeypatch, shakespeare_at(url))
     with pytest.raises(UserError) as error:
         prepare(data_cfg(name="shakespeare-char"), progress=False)
     message = str(error.value)
@@ -135,7 +140,7 @@ def test_a_connection_dropped_mid_download_is_one_user_error(server, data_cfg, m
     (root / "input.txt").write_text(TEXT * 20)
     served.truncated.add("input.txt")
     url = served.url("input.txt")
-    with_recipe(monkeypatch, dataclasses.replace(recipes.get_recipe("shakespeare-char"), hub_data_files=url))
+    with_recipe(monkeypatch, shakespeare_at(url))
     with pytest.raises(UserError) as error:
         prepare(data_cfg(name="shakespeare-char"), progress=False)
     message = str(error.value)

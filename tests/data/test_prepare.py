@@ -329,8 +329,9 @@ def offline_hub(recipe, split):
     raise ConnectionError("Couldn't reach the Hub\nsecond line")
 
 
-@pytest.mark.parametrize("name", ["shakespeare-char", "tinystories", "fineweb"])
+@pytest.mark.parametrize("name", sorted(name for name, recipe in RECIPES.items() if recipe.embedded is None))
 def test_no_network_and_no_mirror(name, data_cfg, monkeypatch):
+    """Every recipe but the one shipped in the package (tests/data/test_embedded.py) needs the network then."""
     monkeypatch.setattr(sources, "load_hub", offline_hub)
     message = one_line_error(lambda: load(data_cfg(name=name)))
     assert f"recipe '{name}' needs network or data.source=PATH" in message and "Couldn't reach" in message

@@ -1,31 +1,25 @@
-"""One conformance suite over every registered optimizer (as HeavyBall's smoke test and optax's
-_common_test do): it learns, resumes bit-identically from a saved state, is deterministic, rejects bad
-hyperparameters in one line, and declares its provenance and search space."""
+"""One conformance suite over every registered optimizer (as HeavyBall's smoke test and optax's _common_test do),
+through optbench.check, the code of `optbench check-optimizer`: it learns, its state survives the checkpoint format,
+it resumes bit-identically, is deterministic, leaves frozen and gradient-less parameters alone, does nothing at
+lr 0, trains bf16 parameters (or refuses them clearly), rejects bad hyperparameters in one line, and declares its
+provenance and search space.
+
+Each check runs here one by one over every optimizer at its defaults; the synthetic problems, the costly part of
+the whole check, run in tests/check/test_checks.py for representative ones.
+"""
 
 import dataclasses
 
 import pytest
-import torch
 
 from optbench import optim
+from optbench.check import PASS, from_config
+from optbench.check.lm import tiny_lm
+from optbench.check.runner import CHECKS
 from optbench.errors import UserError
 from optbench.optim.algorithms import mulo, velo
-from tests.optim.harness import assert_resume_is_bit_identical, lm_batches, tiny_lm, train
 
 NAMES = optim.names()
-STEPS = 40
-TINY_LM_HPARAMS = {
-    # Relative-step optimizers whose paper defaults move a 0.02-std init too little in 40 steps: Lion moves
-    # each weight by exactly lr per step, LAMB each layer by lr times its norm. Their updates are checked
-    # step by step against references at other settings; here only "it learns" is asserted.
-    "lion": {"lr": 1e-3},
-    "c-lion": {"lr": 1e-3},
-    "lamb": {"lr": 1e-2},
-    # kron_torch's lr 3e-4 is a long-run default; heavyball's PSGD-Kron default 1e-3 moves the tiny model.
-    "psgd-kron": {"lr": 1e-3},
-    # Rectified AdaBelief with beta2 0.999 warms itself up over ~1000 steps (step < 0.14 of full through 40).
-    "adabelief": {"beta2": 0.95},
-}
 RANDOM_WEIGHTS = {
     # Learned optimizers need meta-trained weights; here they run on deterministic random ones (written once per
     # session, passed as weights=<dir>), which exercise every mechanism but have no reason to descend. Their
@@ -33,6 +27,9 @@ RANDOM_WEIGHTS = {
     "velo": velo.write_random_weights,
     "mulo": mulo.write_random_weights,
 }
+PER_OPTIMIZER = ("state-round-trip", "resume", "same-seed", "untouched", "lr-zero", "bf16")
+"""The LM checks besides loss-falls: cheap enough for every optimizer (loss-falls has its own test below, since
+it does not apply to learned optimizers on random weights)."""
 
 
 @pytest.fixture(scope="session")
@@ -42,30 +39,25 @@ def learned(tmp_path_factory) -> dict[str, dict]:
     return {name: {"weights": str(write(root / name))} for name, write in RANDOM_WEIGHTS.items()}
 
 
+def subject(name: str, learned: dict):
+    return from_config(optim.make_config(name, **learned.get(name, {})))
+
+
+def assert_passes(outcome, name: str) -> None:
+    assert outcome.status == PASS, f"{name}: {outcome.value}; {outcome.note}"
+
+
 # A learned optimizer with random meta-weights has no reason to descend: VeLO's and muLO's updates are instead
 # replayed against PyLO's own trajectories (test_velo.py / test_mulo.py: test_replays_pylo_trajectory*).
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in RANDOM_WEIGHTS])
 def test_loss_falls_on_a_tiny_language_model(name):
-    model = tiny_lm()
-    losses = train(model, optim.create(name, model, **TINY_LM_HPARAMS.get(name, {})), lm_batches(STEPS), name=name)
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert last < first - 0.25, f"{name}: loss {first:.3f} -> {last:.3f} in {STEPS} steps"
+    assert_passes(CHECKS["loss-falls"](subject(name, {})), name)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_from_a_saved_state_is_bit_identical(name, learned):
-    assert_resume_is_bit_identical(name, lm_batches(20), 10, **learned.get(name, {}))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_trajectory(name, learned):
-    runs = []
-    for _ in range(2):
-        model = tiny_lm()
-        train(model, optim.create(name, model, **learned.get(name, {})), lm_batches(5), name=name)
-        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert torch.equal(*runs)
+@pytest.mark.parametrize("check", PER_OPTIMIZER)
+def test_conformance_check(check, name, learned):
+    assert_passes(CHECKS[check](subject(name, learned)), name)
 
 
 def _unit_interval_fields(cls) -> list[str]:

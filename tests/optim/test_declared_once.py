@@ -40,6 +40,7 @@ CONSUMED_BY_BUILDER = {  # optimizer -> config fields the builder or trainer use
     "sophiag": {"hessian_every"},  # the trainer's Hessian pass
     "mulo": {"weights"},  # the meta-trained network passed in
     "velo": {"weights", "num_steps"},  # the networks passed in; num_steps: the horizon when none is set
+    "torch": {"target", "matrix_only", "kwargs"},  # the class, its routing, its keywords (test_torch_class.py)
 }
 RESOLVED = {  # (optimizer, field) -> the value a documented sentinel stands for, from the config
     ("shampoo", "start_preconditioning_step"): lambda cfg: (cfg.precondition_frequency
@@ -95,7 +96,7 @@ VARIANTS = {"apollo-mini": "apollo", "c-lion": "lion", "signsgd": "signum"}
 
 
 EXTERNAL = {"adafactor": "torch.optim", "adamw": "torch.optim", "nadam": "torch.optim", "radam": "torch.optim",
-            "sgd": "torch.optim", "prodigy": "prodigyopt"}
+            "sgd": "torch.optim", "prodigy": "prodigyopt", "torch": "torch.optim"}
 """Optimizers built as another library's class: its defaults are that library's, and the builders pass every
 config field to it (test_built_optimizer_holds_the_configs_defaults checks the result)."""
 

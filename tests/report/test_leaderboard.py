@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from optbench.report import measures
@@ -139,9 +142,38 @@ def test_a_best_value_at_the_edge_of_its_grid_is_flagged(tmp_path):
     write_run(out, "s", "adamw", 0, {"lr": 1e-2, "beta2": 0.95, "weight_decay": 0.0}, [3.0, 2.5], phases=("final",))
     result = scenario_result(load_bench(out), load_bench(out).suite.scenario("s"))
     row = rows(result)["adamw"]
-    assert row["at_grid_edge"] == "lr"  # 1e-2 is the top of adamw's lr grid; beta2 and weight decay are choices
+    # 1e-2 tops adamw's lr grid and 0.95 is its lowest beta2, neither extended yet; weight decay 0 ends its domain
+    assert row["at_grid_edge"] == "lr,beta2"
     shown = display_leaderboard(result.table, result.fit, has_target=False)
-    assert shown.loc[0, "best hyperparameters"] == "beta2=0.95, lr=0.01*, weight_decay=0"
+    assert shown.loc[0, "best hyperparameters"] == "beta2=0.95*, lr=0.01*, weight_decay=0"
+
+
+def extension_run(out, lr, losses, phases=("tune",)):
+    run = write_run(out, "s", "adamw", 0, {"lr": lr, "beta2": 0.98, "weight_decay": 0.0}, losses, phases=phases)
+    trial = json.loads((run / "trial.json").read_text())
+    (run / "trial.json").write_text(json.dumps({**trial, "extension": "lr"}))
+
+
+def test_an_edge_the_bench_extended_past_is_not_flagged_and_one_it_could_not_is(tmp_path):
+    out = tmp_path / "out"
+    write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
+    write_run(out, "s", "adamw", 0, {"lr": 1e-2, "beta2": 0.98, "weight_decay": 0.0}, [3.0, 2.5],
+              phases=("tune",))
+    extension_run(out, 3.16e-2, [3.0, 2.4], phases=("tune", "final"))  # better: the walk went on
+    extension_run(out, 1e-1, [3.0, 2.6])  # worse: 3.16e-2 is interior
+    bench = load_bench(out)
+    assert rows(scenario_result(bench, bench.suite.scenario("s")))["adamw"]["at_grid_edge"] == ""
+    neighbours = scenario_result(bench, bench.suite.scenario("s")).neighbours.set_index("hparam").loc["lr"]
+    assert (neighbours["below_value"], neighbours["above_value"]) == (1e-2, 1e-1)  # the extended grid's steps
+
+    for run in sorted((out / "runs" / "s" / "adamw").glob("*/trial.json")):
+        if json.loads(run.read_text())["hparams"]["lr"] == 1e-1:
+            shutil.rmtree(run.parent)  # the step beyond was never run: with a budget of 1 it cannot be
+    spec = OmegaConf.load(out / "suite.yaml")
+    spec.tuning.extend = 1
+    (out / "suite.yaml").write_text(OmegaConf.to_yaml(spec))
+    bench = load_bench(out)
+    assert rows(scenario_result(bench, bench.suite.scenario("s")))["adamw"]["at_grid_edge"] == "lr"
 
 
 def test_step_time_is_the_trainers_median_timed_step_not_the_logged_throughput(tmp_path):

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from optbench.bench import layout
@@ -223,7 +224,7 @@ def test_statistics_render_in_markdown_html_and_csv(bench_out, tmp_path):
     assert re.search(r"\| adamw +\| lion +\| 0\.\d{4} .*\| no ", section)
     assert "| adamw       | 6               | 2.4900             | 4 " in section
     assert "0.000316: 2.5500" in section and "0.00316: diverged" in section and "0.99: not run" in section
-    assert "edge of grid" in section and "AlgoPerf" in section
+    assert "edge of grid" in section and "repeated tuning studies" not in section  # one study: no such table
     page = paths["html"].read_text()
     for key in ("target", "pairs", "burden", "neighbours"):
         assert f'class="stats-{key}" data-scenario="t"' in page
@@ -231,3 +232,33 @@ def test_statistics_render_in_markdown_html_and_csv(bench_out, tmp_path):
     board = pd.read_csv(paths["leaderboard_csv"]).set_index("optimizer")
     assert board.loc["muon", "below_target"] and not board.loc["lion", "below_target"]
     assert board.loc["adamw", "tune_trials_to_1pct"] == 4
+
+
+# ----------------------------------------------------------------------------- (c) repeated studies
+
+
+def test_repeated_studies_score_the_median_of_each_studys_best(tmp_path):
+    out = tmp_path / "out"
+    write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
+    spec = OmegaConf.load(layout.suite_file(out))
+    spec.tuning.studies = 3
+    layout.suite_file(out).write_text(OmegaConf.to_yaml(spec))
+    studies = {0: [(1e-3, 2.50), (1e-2, 2.60)], 1: [(1e-3, 2.70), (1e-2, 2.40)], 2: [(1e-3, None), (1e-2, 2.55)]}
+    for study, trials in studies.items():
+        for lr, loss in trials:
+            final = (study, lr) == (0, 1e-3)  # the final run at the tuning seed is this trial's own run
+            run = write_run(out, "s", "adamw", study, {"lr": lr}, [3.0, loss or 9.0],
+                            phases=("tune", "final") if final else ("tune",), status="completed" if loss else "diverged")
+            trial = json.loads(layout.trial_file(run).read_text())
+            layout.trial_file(run).write_text(json.dumps({**trial, "study": study}))
+    bench = load_bench(out)
+    result = scenario_result(bench, bench.suite.scenario("s"))
+    row = result.studies.set_index("optimizer").loc["adamw"]
+    assert row["bests"] == [2.50, 2.40, 2.55] and row["median_best"] == 2.50
+    assert row["spread"] == pytest.approx(0.15)
+    assert row["chosen"] == [{"lr": 1e-3}, {"lr": 1e-2}, {"lr": 1e-2}]
+    assert row["median_trials_to_1pct"] == 2  # study 0: 1st trial; 1: 2nd; 2: 2nd (the diverged one counts)
+    assert len(result.burden) == 1 and result.burden.iloc[0]["tune_trials"] == 2  # burden stays study 0's
+    md = write_report(out, tmp_path / "report")["markdown"].read_text()
+    assert "AlgoPerf's repeated tuning studies" in md
+    assert re.search(r"\| adamw +\| 3 +\| 2\.5000 +\| 0\.1500 +\| 2\.5000, 2\.4000, 2\.5500 +\| lr=0\.001; lr=0\.01; lr=0\.01", md)
