@@ -31,7 +31,7 @@ from optbench.optim.algorithms import mulo, velo
 from optbench.optim.memory import state_bytes
 from optbench.optim.registry import make_config
 from optbench.optim.routing import route
-from optbench.train.optimizer_hooks import OptimizerHooks
+from optbench.training.optimizer_hooks import OptimizerHooks
 
 def split_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Hidden matrices (routing's `matrix` role) and everything else, for references that need the split."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from optbench import data as datalib
 from optbench import models
 from optbench.config.compose import compose
-from optbench.train.trainer import Trainer
+from optbench.training.trainer import Trainer
 
 NANOGPT_MS_PER_STEP = 55.0  # ../shared/data/README.md: nanoGPT's recipe on a 2-core machine of this kind
 

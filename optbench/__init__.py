@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The function deliberately shadows the `optbench.train` subpackage as an attribute: `optbench.train(cfg)`
-# is the library entry point, while `from optbench.train import trainer` still finds the subpackage.
-from optbench.train import train  # noqa: E402
+# `optbench.train(cfg)` is the library's entry point; the training loop lives in `optbench.training`, a name of its
+# own, so `import optbench.training.trainer` and the function never stand for each other.
+from optbench.training import train  # noqa: E402
 
 __all__ = ["train", "__version__"]

@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from optbench.train import distributed, train
+    from optbench.training import distributed, train
 
     world = distributed.from_environment()
     summary = train(cfg)  # owns the process group under torchrun
@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from optbench.train.sample import sample_from_run
+    from optbench.training.sample import sample_from_run
 
     print(sample_from_run(args.overrides))
     return 0

@@ -65,6 +65,6 @@ def test_list_commands(cli, args, needle):
 @pytest.mark.parametrize("prompt", ["ROMEO:", "a: b, [c]", "{x}", "null", "3", ""])
 def test_a_sample_prompt_is_taken_as_typed(prompt):
     """README's `optbench sample run.dir=DIR prompt="ROMEO:"`: a prompt is text, never parsed as YAML."""
-    from optbench.train.sample import parse_request
+    from optbench.training.sample import parse_request
 
     assert parse_request(["run.dir=runs/x", f"prompt={prompt}"]).prompt == prompt

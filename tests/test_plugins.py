@@ -22,8 +22,8 @@ from optbench.config.compose import compose
 from optbench.errors import UserError
 from optbench.models.registry import MODELS
 from optbench.optim.registry import OPTIMIZERS
-from optbench.train import checkpoint
-from optbench.train.trainer import Trainer
+from optbench.training import checkpoint
+from optbench.training.trainer import Trainer
 from tests.conftest import tiny_run
 
 HEAVY_BALL = '''

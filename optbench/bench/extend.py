@@ -8,7 +8,8 @@ best values, as a researcher extending a sweep by hand would): one step beyond t
 step, for as long as the new point is the best, until the optimum is interior, the next step would cross a hard
 bound, or the suite's extension budget (`tuning.extend` steps per hyperparameter) is spent.
 
-Every hyperparameter is handled alike: log-spaced values step by their ratio, linear ones by their gap,
+Every hyperparameter the method varied is handled alike (one its trial budget never moved is at its default,
+not at an edge): log-spaced values step by their ratio, linear ones by their gap,
 integers by their ratio rounded, and values in [0, 1) such as betas and momenta by the ratio of 1 - value (after
 0.9 and 0.99 comes 0.999). A value on the end of its own domain (weight decay 0, a boolean) is no edge at all.
 """
@@ -41,6 +42,16 @@ class Edge:
     """The next value beyond the edge, or None where there is none (see `reason`)."""
     reason: str | None
     """None where `outward` may still be tried; else BOUND or BUDGET (PENDING is the caller's to say)."""
+
+
+def explored(configs: list[dict[str, Any]]) -> set[str]:
+    """The hyperparameters the method itself varied (at least two values among `configs`, its own points): only
+    those have an edge. One it never moved (a trial budget spent on others) sits at its default, not at an edge."""
+    values: dict[str, set] = {}
+    for config in configs:
+        for key, value in config.items():
+            values.setdefault(key, set()).add(repr(value))
+    return {key for key, seen in values.items() if len(seen) > 1}
 
 
 def ladder(dim: Dimension, tried: list[Any]) -> list[Any]:
@@ -97,7 +108,7 @@ def _step(key: str, edge: float, inner: float, side: str) -> float | None:
         if not 0 <= inner < 1 or not 0 <= edge < 1 or edge == inner:
             return None
         ratio = (1 - edge) / (1 - inner)
-        return _round(1 - (1 - edge) * ratio, edge)
+        return 1 - _round((1 - edge) * ratio, 1 - edge)  # rounded in 1 - value: 0.9975 stays 0.9975
     if edge > 0 and inner > 0:
         value = edge * (edge / inner)
     else:

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optbench.bench.extend import find_edge
+from optbench.bench.extend import explored, find_edge
 from optbench.bench.suite import OptimizerEntry, Scenario, Suite, defaults, search_space
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, grid_points
 
@@ -240,8 +240,10 @@ def _propose_extension(suite: Suite, space: SearchSpace, trials: list[FrozenTria
     if best is None:
         return None
     tried = extensions(trials)
+    varied = explored([t.user_attrs["hparams"] for t in trials
+                       if "hparams" in t.user_attrs and "extension" not in t.user_attrs])
     for key, dim in space.items():
-        if key not in best:
+        if key not in best or key not in varied:
             continue
         edge = find_edge(key, dim, best[key], tried.get(key, []), suite.tuning.extend - len(tried.get(key, [])))
         if edge is not None and edge.outward is not None:

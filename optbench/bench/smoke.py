@@ -134,7 +134,7 @@ def train_one(trial: Trial, cfg: Config, run: Path) -> Outcome:
     """One smoke run in a fresh `run` directory; a crash is its outcome (the other runs still go)."""
     from rich.console import Console
 
-    from optbench.train.trainer import Trainer
+    from optbench.training.trainer import Trainer
 
     shutil.rmtree(run, ignore_errors=True)  # the smoke's own folder: every smoke run starts afresh
     started = time.perf_counter()
@@ -160,7 +160,7 @@ class EndAtLastEvaluation:
         self.last_step = cfg.train.steps
 
     def log(self, record: dict[str, Any]) -> None:
-        from optbench.train.trainer import StopTraining
+        from optbench.training.trainer import StopTraining
 
         if "val_loss" in record and record["step"] == self.last_step:
             raise StopTraining("completed")

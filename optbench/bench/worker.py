@@ -26,7 +26,7 @@ from optbench.bench.plan import DONE, WAIT, Claim, claim_next
 from optbench.bench.storage import open_storage, requeue
 from optbench.bench.suite import Suite, run_key, run_overrides
 from optbench.config.compose import compose
-from optbench.train.rundir import environment, read_json, write_json
+from optbench.training.rundir import environment, read_json, write_json
 
 POLL_S = 2.0
 """How often an idle worker looks again while other workers' trials decide what comes next."""
@@ -75,7 +75,7 @@ def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
 
 def run_trial(suite: Suite, out: Path, claim: Claim, worker_id: str, threads: int | None) -> None:
     """Train the claimed configuration and tell the study its final validation loss."""
-    from optbench.train.trainer import Trainer
+    from optbench.training.trainer import Trainer
 
     run = layout.run_dir(out, claim.scenario.name, claim.entry.name, run_key(claim.hparams, claim.seed))
     overrides = run_overrides(suite, claim.scenario, claim.entry, claim.hparams, claim.seed)
@@ -178,7 +178,7 @@ class PruningObserver:
             n_startup_trials=self.MIN_TRIALS, n_warmup_steps=suite.tuning.prune_warmup_evals * every)
 
     def log(self, record: dict[str, Any]) -> None:
-        from optbench.train.trainer import StopTraining
+        from optbench.training.trainer import StopTraining
 
         if "val_loss" not in record or record["step"] in (0, self.last_step):
             return

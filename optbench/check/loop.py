@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from optbench.check.subject import Subject
-from optbench.train.optimizer_hooks import OptimizerHooks
+from optbench.training.optimizer_hooks import OptimizerHooks
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from optbench.check.loop import differing, snapshot, start, train
 from optbench.check.result import Outcome, verdict
 from optbench.check.state import through_disk
 from optbench.check.subject import Subject
-from optbench.train.rng import rng_state, set_rng_state
+from optbench.training.rng import rng_state, set_rng_state
 
 STEPS, SPLIT = 20, 10
 SEED_STEPS = 5

@@ -15,8 +15,8 @@ from optbench.check.result import FAIL, Outcome, Report, Result, describe
 from optbench.check.subject import Subject, resolve
 from optbench.config.schema import TrainConfig
 from optbench.errors import UserError, check_choice
-from optbench.train.device import threads
-from optbench.train.rng import isolated_rng
+from optbench.training.device import threads
+from optbench.training.rng import isolated_rng
 
 CHECKS: dict[str, Callable[[Subject], Outcome]] = {
     "loss-falls": learning.loss_falls,

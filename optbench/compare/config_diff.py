@@ -13,7 +13,7 @@ import pandas as pd
 
 from optbench.compare.hparams import flatten
 from optbench.compare.rundirs import ComparedRun
-from optbench.train.resume import RUN_CONTROL
+from optbench.training.resume import RUN_CONTROL
 
 IGNORED = ("optim.", *RUN_CONTROL)
 ABSENT = "(absent)"

@@ -18,7 +18,7 @@ import yaml
 from optbench.compare.hparams import non_default_hparams
 from optbench.errors import UserError
 from optbench.report.load import Run
-from optbench.train.rundir import read_metrics
+from optbench.training.rundir import read_metrics
 
 REQUIRED = ("config.yaml", "summary.json")
 

@@ -23,6 +23,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from optbench.config import experiments
 from optbench.config.schema import Config
 from optbench.errors import UserError, closest
 
@@ -67,19 +68,9 @@ def compose_dict(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     cached per set of choices and the values are set on a copy, as Hydra sets them. Anything but plain
     `group=choice` and `key=value` overrides, and any error, takes Hydra's own path, whose messages are the ones
     users see."""
-    _check_experiment(overrides)
+    overrides = experiments.resolve(overrides, CONFIG_DIR)
     fast = _compose_from_cached_choices(tuple(overrides))
     return fast if fast is not None else _hydra_compose(tuple(overrides))
-
-
-def _check_experiment(overrides: list[str] | tuple[str, ...]) -> None:
-    """`experiment` is an optional group, which Hydra silently skips when the name is not there: a typo would
-    run the defaults instead of the recipe asked for."""
-    known = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-    for line in overrides:
-        key, sep, name = line.partition("=")
-        if sep and key.lstrip("+") == "experiment" and name not in ("", "null") and name not in known:
-            raise UserError(f"unknown experiment '{name}'; valid: {', '.join(closest(name, known))}")
 
 
 def _hydra_compose(overrides: tuple[str, ...]) -> DictConfig:

@@ -18,7 +18,7 @@ import torch
 
 from optbench.errors import UserError, check
 from optbench.models.layers import CausalLM
-from optbench.train import checkpoint
+from optbench.training import checkpoint
 
 EXPERT = re.compile(r"\.mlp\.(experts|shared)\.\d+\.")
 ROUTER = re.compile(r"\.mlp\.router\.weight$")

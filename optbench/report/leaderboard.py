@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from optbench.bench.extend import find_edge
+from optbench.bench.extend import explored, find_edge
 from optbench.bench.suite import Scenario, search_space
 from optbench.report import measures, statistics
 from optbench.report.load import MISSING, Bench, Run
@@ -169,8 +169,11 @@ def at_grid_edge(bench: Bench, name: str, hparams: dict, tuning: list[Run]) -> l
     extend past it (a hard bound, or the suite's extension budget), or has not yet; the optimum may lie beyond,
     so the optimizer may be under-tuned there."""
     tried = extended_values(tuning)
+    varied = explored([run.hparams for run in tuning if run.extension is None])
     edges = []
     for key, dim in search_space(bench.suite.optimizer(name)).items():
+        if key not in varied:
+            continue  # never moved by the tuning: at its default, not at an edge
         extended = tried.get(key, [])
         edge = find_edge(key, dim, hparams.get(key), extended, bench.suite.tuning.extend - len(extended))
         if edge is not None:

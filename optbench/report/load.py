@@ -16,7 +16,7 @@ from typing import Any
 from optbench.bench import layout
 from optbench.bench.suite import Suite, load_suite
 from optbench.errors import UserError
-from optbench.train.rundir import read_metrics
+from optbench.training.rundir import read_metrics
 
 MISSING = "missing"
 """The status of a run without a readable summary.json (its worker died before writing one)."""

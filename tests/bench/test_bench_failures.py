@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from optbench.bench import launch, layout
 from optbench.bench.worker import work
 from optbench.cli import main
-from optbench.train.trainer import Trainer
+from optbench.training.trainer import Trainer
 from tests.bench.test_bench_run import micro_suite, run_dirs, trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from optbench.bench import launch, layout
 from optbench.bench.worker import work
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_json
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_json
 from tests.bench.proctree import child_with_args, children, cmdline, hold, kill_child, send
 from tests.bench.test_bench_run import bench_process, micro_suite, run_dirs, steps_logged, trials, wait_for
 

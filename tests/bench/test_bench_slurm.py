@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from optbench.bench import launch, layout
 from optbench.cli import main
-from optbench.train.checkpoint import CheckpointStore
+from optbench.training.checkpoint import CheckpointStore
 from tests.bench.proctree import REPO, child_with_args, kill_child
 from tests.bench.test_bench_run import micro_suite, trials
 

@@ -14,6 +14,7 @@ from optbench.bench.extend import BOUND, BUDGET, find_edge
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import Execution, Final, OptimizerEntry, Scenario, Suite, Tuning, validate
 from optbench.optim.search_space import Choice, LogUniform, Uniform
+from tests.bench.test_plan import run_to_end as run_claims
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -25,6 +26,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
     ("beta2", Choice((0.9, 0.99)), 0.99, "high", 0.999),  # betas step by the ratio of 1 - beta
     ("momentum", Choice((0.9, 0.95)), 0.9, "low", 0.8),
     ("backup.beta2", Choice((0.95, 0.99)), 0.99, "high", 0.998),  # a backup's beta is a beta
+    ("beta2", Choice((0.999, 0.9999)), 0.9999, "high", 0.99999),  # rounded in 1 - beta, never up to 1
+    ("beta2", Choice((0.98, 0.99)), 0.99, "high", 0.995),
     ("weight_decay", Choice((0.0, 0.01, 0.1)), 0.1, "high", 1.0),
     ("precondition_frequency", Choice((10, 20, 50, 100)), 100, "high", 200),
     ("precondition_frequency", Choice((10, 20, 50, 100)), 10, "low", 5),
@@ -83,15 +86,7 @@ def make_suite(method="grid", extend=3, trials=None, lr_grid=(1e-5, 1e-4), beta2
 
 
 def run_to_end(suite, storage, loss):
-    claims = []
-    for _ in range(100):
-        claim = plan.claim_next(suite, storage)
-        if claim is plan.DONE:
-            return claims
-        assert isinstance(claim, plan.Claim), claim
-        claims.append(claim)
-        claim.study.tell(claim.trial, loss(claim.hparams))
-    raise AssertionError("planning did not finish")
+    return run_claims(suite, storage, objective=loss)
 
 
 @pytest.fixture
@@ -121,6 +116,15 @@ def test_every_tuned_hyperparameter_is_extended_not_only_lr(storage):
     assert beyond[0] == ("beta2", pytest.approx(0.975))  # 1 - 0.05 * (0.05 / 0.1)
     final = [c for c in claims if c.phase == "final"]
     assert 0.975 <= final[0].hparams["beta2"] < 1
+
+
+def test_a_hyperparameter_the_method_never_moved_is_not_at_an_edge(storage):
+    """Coordinate descent with a budget of 2 sweeps only lr: beta2 stays at adamw's default, 0.95, the bottom of
+    its choices here, which is no evidence of an optimum below it; only lr is walked."""
+    suite = make_suite("coordinate", trials=2, beta2=(0.95, 0.98, 0.99))
+    claims = run_to_end(suite, storage, bowl(1e-2, centre_beta2=0.9))
+    assert {c.hparams["beta2"] for c in claims} == {0.95}
+    assert {c.extension for c in claims if c.extension} == {"lr"}
 
 
 def test_the_extension_budget_ends_the_walk(storage):

@@ -34,8 +34,8 @@ def loss(hparams) -> float:
     return (math.log10(hparams["lr"]) + 2) ** 2 + 10 * (hparams["beta2"] - 0.95) ** 2 + 1.0
 
 
-def run_to_end(suite, storage, limit=200):
-    """Claim and tell until DONE; returns the claims in order."""
+def run_to_end(suite, storage, limit=200, objective=loss):
+    """Claim and tell `objective` until DONE; returns the claims in order."""
     claims = []
     for _ in range(limit):
         claim = plan.claim_next(suite, storage)
@@ -43,7 +43,7 @@ def run_to_end(suite, storage, limit=200):
             return claims
         assert isinstance(claim, plan.Claim), claim
         claims.append(claim)
-        claim.study.tell(claim.trial, loss(claim.hparams))
+        claim.study.tell(claim.trial, objective(claim.hparams))
     raise AssertionError("planning did not finish")
 
 

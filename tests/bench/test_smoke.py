@@ -14,7 +14,7 @@ from optbench.bench.suite import load_suite, search_space
 from optbench.config.compose import compose, load_yaml
 from optbench.models import config_classes
 from optbench.optim.search_space import grid_points
-from optbench.train.trainer import Trainer
+from optbench.training.trainer import Trainer
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from optbench.models.linear_attention.recurrent import (
     gated_delta_rule_recurrent,
     gla_recurrent,
 )
-from optbench.train.rundir import read_metrics
+from optbench.training.rundir import read_metrics
 from tests.models.fitting import fit_repeated_batch
 
 FAMILIES = ("gla", "deltanet", "gated-deltanet")

@@ -16,8 +16,8 @@ from optbench.models import Llama, LlamaConfig, MoE, MoEConfig
 from optbench.models.moe_routing import (expert_capacity, expert_choice, load_balance_loss, router_entropy,
                                          token_choice, z_loss)
 from optbench.optim.routing import route
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_metrics
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
 from tests.models.fitting import fit_repeated_batch
 
 VOCAB, SEQ = 64, 16

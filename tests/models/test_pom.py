@@ -15,7 +15,7 @@ from optbench.errors import UserError
 from optbench.models import GPT2, GPT2Config
 from optbench.models.gpt2 import CausalSelfAttention
 from optbench.models.pom import PolynomialMixer
-from optbench.train.rundir import read_metrics
+from optbench.training.rundir import read_metrics
 from tests.models.fitting import fit_repeated_batch
 
 VOCAB, SEQ = 128, 16

@@ -18,7 +18,7 @@ from torch import nn
 
 from optbench import optim
 from optbench.models import GPT2Config, build
-from optbench.train.optimizer_hooks import OptimizerHooks
+from optbench.training.optimizer_hooks import OptimizerHooks
 
 VOCAB, SEQ, BATCH = 64, 16, 8
 

@@ -7,7 +7,7 @@ import torch
 
 from optbench import optim
 from optbench.config.schema import ScheduleConfig
-from optbench.train.schedules import lr_multiplier
+from optbench.training.schedules import lr_multiplier
 from tests.optim.harness import compare_with_reference, lm_batches, lm_loss, reference_groups, tiny_lm, train
 
 WD = 0.05

@@ -19,7 +19,7 @@ from optbench.optim.algorithms.velo import (DEFAULT_WEIGHTS, STEP_MULT, VeLO, lo
 from optbench.optim.learned import features as F
 from optbench.optim.learned.velo_net import MLP, RNN, VeLOMLP, VeLORNN
 from optbench.optim.learned.weights import construct, randomize_, save_net
-from optbench.train.optimizer_hooks import OptimizerHooks
+from optbench.training.optimizer_hooks import OptimizerHooks
 from tests.optim.golden import load_case, replay
 from tests.optim.harness import lm_batches, lm_loss, through_disk, tiny_lm, train
 

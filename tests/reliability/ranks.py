@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from optbench.train import distributed, train
+from optbench.training import distributed, train
 
 
 def main(runs_file: str) -> int:

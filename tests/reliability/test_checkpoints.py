@@ -6,8 +6,8 @@ import torch
 
 import optbench
 from optbench.errors import UserError
-from optbench.train import checkpoint
-from optbench.train.checkpoint import CheckpointStore, CorruptCheckpoint
+from optbench.training import checkpoint
+from optbench.training.checkpoint import CheckpointStore, CorruptCheckpoint
 from tests.train.resume import assert_interrupted_run_resumes_exactly, strip_timing
 
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import optbench
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_json, read_metrics
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_json, read_metrics
 from tests.conftest import tiny_run, write_corpus
 
 # torchrun launches: one at a time on one xdist worker (the other process-starting tests share another), and not

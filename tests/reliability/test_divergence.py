@@ -5,8 +5,8 @@ import math
 
 from optbench.cli import main
 from optbench.config.compose import load_yaml
-from optbench.train.rundir import read_json, read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.rundir import read_json, read_metrics
+from optbench.training.trainer import Trainer
 
 
 def assert_readable_and_diverged(run_dir, steps: int) -> None:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import optbench
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_json, read_metrics
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_json, read_metrics
 from tests.train.resume import strip_timing
 
 # Real processes (killed runs): one at a time on one xdist worker, and not in the quick loop.

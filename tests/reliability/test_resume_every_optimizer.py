@@ -7,8 +7,8 @@ import torch
 import optbench
 from optbench import optim
 from optbench.optim.algorithms import mulo, velo
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.trainer import Trainer
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.trainer import Trainer
 from tests.train.resume import strip_timing
 
 LEARNED = {"velo": velo.write_random_weights, "mulo": mulo.write_random_weights}

@@ -139,13 +139,27 @@ def test_a_loss_below_the_fitted_floor_is_shown_as_such(tmp_path):
 def test_a_best_value_at_the_edge_of_its_grid_is_flagged(tmp_path):
     out = tmp_path / "out"
     write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
-    write_run(out, "s", "adamw", 0, {"lr": 1e-2, "beta2": 0.95, "weight_decay": 0.0}, [3.0, 2.5], phases=("final",))
+    best = {"lr": 1e-2, "beta2": 0.95, "weight_decay": 0.0}
+    write_run(out, "s", "adamw", 0, best, [3.0, 2.5], phases=("tune", "final"))
+    write_run(out, "s", "adamw", 0, {**best, "lr": 3.16e-3}, [3.0, 2.6], phases=("tune",))
+    write_run(out, "s", "adamw", 0, {**best, "beta2": 0.98}, [3.0, 2.6], phases=("tune",))
     result = scenario_result(load_bench(out), load_bench(out).suite.scenario("s"))
     row = rows(result)["adamw"]
     # 1e-2 tops adamw's lr grid and 0.95 is its lowest beta2, neither extended yet; weight decay 0 ends its domain
     assert row["at_grid_edge"] == "lr,beta2"
     shown = display_leaderboard(result.table, result.fit, has_target=False)
     assert shown.loc[0, "best hyperparameters"] == "beta2=0.95*, lr=0.01*, weight_decay=0"
+
+
+def test_a_value_the_tuning_never_moved_is_not_flagged(tmp_path):
+    out = tmp_path / "out"
+    write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
+    best = {"lr": 3.16e-3, "beta2": 0.95, "weight_decay": 0.0}  # beta2 at the bottom of its choices, never varied
+    write_run(out, "s", "adamw", 0, best, [3.0, 2.5], phases=("tune", "final"))
+    write_run(out, "s", "adamw", 0, {**best, "lr": 1e-2}, [3.0, 2.6], phases=("tune",))
+    write_run(out, "s", "adamw", 0, {**best, "lr": 1e-3}, [3.0, 2.6], phases=("tune",))
+    result = scenario_result(load_bench(out), load_bench(out).suite.scenario("s"))
+    assert rows(result)["adamw"]["at_grid_edge"] == ""
 
 
 def extension_run(out, lr, losses, phases=("tune",)):
@@ -158,6 +172,8 @@ def test_an_edge_the_bench_extended_past_is_not_flagged_and_one_it_could_not_is(
     out = tmp_path / "out"
     write_suite(out, [{"name": "s"}], ["adamw"], seeds=(0,))
     write_run(out, "s", "adamw", 0, {"lr": 1e-2, "beta2": 0.98, "weight_decay": 0.0}, [3.0, 2.5],
+              phases=("tune",))
+    write_run(out, "s", "adamw", 0, {"lr": 3.16e-3, "beta2": 0.98, "weight_decay": 0.0}, [3.0, 2.55],
               phases=("tune",))
     extension_run(out, 3.16e-2, [3.0, 2.4], phases=("tune", "final"))  # better: the walk went on
     extension_run(out, 1e-1, [3.0, 2.6])  # worse: 3.16e-2 is interior

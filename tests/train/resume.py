@@ -4,8 +4,8 @@ import os
 import signal
 
 import optbench
-from optbench.train.rundir import read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.rundir import read_metrics
+from optbench.training.trainer import Trainer
 
 
 def strip_timing(run_dir) -> list[dict]:

@@ -7,8 +7,8 @@ import torch
 
 import optbench
 from optbench.config.schema import TrainConfig
-from optbench.train.averaging import WeightAverage
-from optbench.train.rundir import read_json, read_metrics
+from optbench.training.averaging import WeightAverage
+from optbench.training.rundir import read_json, read_metrics
 from tests.optim.harness import tiny_lm
 
 

@@ -12,8 +12,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import optbench
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_metrics
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
 
 # A cold TorchInductor cache makes this a 40-60 s test on 2 cores (about 10 s warm): not in the quick loop.
 pytestmark = [pytest.mark.slow,

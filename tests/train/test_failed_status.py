@@ -9,8 +9,8 @@ import pytest
 
 import optbench
 from optbench.cli import main
-from optbench.train.rundir import read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.rundir import read_metrics
+from optbench.training.trainer import Trainer
 
 
 class Boom(RuntimeError):

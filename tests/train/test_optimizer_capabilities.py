@@ -10,10 +10,10 @@ import optbench
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 from optbench.optim.algorithms.sophia import SophiaG
 from optbench.optim.registry import Capabilities
-from optbench.train.optimizer_hooks import OptimizerHooks
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.optimizer_hooks import OptimizerHooks
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
+from optbench.training.trainer import Trainer
 from tests.optim.harness import lm_batches, tiny_lm
 
 SCHEDULE_FREE = ["optim=sf-adamw", "schedule=constant", "optim.lr=0.01"]

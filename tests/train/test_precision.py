@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from optbench.config.compose import compose
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
+from optbench.training.trainer import Trainer
 
 FAST = ["model.n_layer=1", "train.steps=8", "schedule.warmup_steps=2", "eval.every=0", "eval.batches=1",
         "eval.sample_tokens=0", "run.log_every=1"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from optbench.train import distributed
+from optbench.training import distributed
 
 
 class FakeGroup:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from optbench.cli import main
-from optbench.train import checkpoint
-from optbench.train.checkpoint import CheckpointStore
+from optbench.training import checkpoint
+from optbench.training.checkpoint import CheckpointStore
 
 
 def snapshot(root) -> dict:

@@ -4,8 +4,8 @@
 import pytest
 
 import optbench
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_json
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_json
 
 UNTIED_LLAMA = ["model=llama", "model.tie_embeddings=false", "train.steps=4", "eval.every=0", "run.log_every=2"]
 

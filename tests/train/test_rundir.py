@@ -1,6 +1,6 @@
 """The run directory's metrics file survives a kill in mid-write: readers and resume skip the torn last line."""
 
-from optbench.train.rundir import read_metrics, truncate_metrics
+from optbench.training.rundir import read_metrics, truncate_metrics
 
 
 def test_a_torn_last_line_is_left_out_by_readers_and_by_resume(tmp_path):

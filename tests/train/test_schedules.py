@@ -5,7 +5,7 @@ import math
 import pytest
 
 from optbench.config.schema import ScheduleConfig
-from optbench.train.schedules import lr_multiplier
+from optbench.training.schedules import lr_multiplier
 
 STEPS = 1000
 

@@ -12,7 +12,7 @@ import optbench
 from optbench import data
 from optbench.config.compose import compose
 from optbench.errors import UserError
-from optbench.train.rundir import read_metrics
+from optbench.training.rundir import read_metrics
 
 FAST = ["train.steps=10", "run.log_every=2", "eval.every=5", "eval.sample_tokens=8", "run.tensorboard=true"]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import optbench
-from optbench.train import diagnostics, timing
-from optbench.train.sinks import JsonlSink
-from optbench.train.trainer import Trainer
+from optbench.training import diagnostics, timing
+from optbench.training.sinks import JsonlSink
+from optbench.training.trainer import Trainer
 
 
 class FakeClock:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import optbench
-from optbench.train.rundir import read_metrics
-from optbench.train.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
+from optbench.training.checkpoint import CheckpointStore
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 
 TRAIN_KEYS = {"step", "tokens", "time_s", "loss", "lr", "grad_norm", "grad_max", "grad_zero_frac",
@@ -69,7 +69,7 @@ def test_bad_prompt_fails_before_the_run_directory_exists(tmp_path, tiny_overrid
 def test_train_threads_applies_to_the_run_and_is_put_back(tmp_path, tiny_overrides, monkeypatch):
     """A run in a longer-lived process (a sweep worker, a test session) leaves torch's thread count as it was,
     whether it completes or its config is refused."""
-    from optbench.train.trainer import Trainer
+    from optbench.training.trainer import Trainer
 
     seen = []
     real_step = Trainer.train_step

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from optbench.config.compose import compose
-from optbench.train.checkpoint import CheckpointStore
-from optbench.train.rundir import read_metrics
-from optbench.train.trainer import Trainer
+from optbench.training.checkpoint import CheckpointStore
+from optbench.training.rundir import read_metrics
+from optbench.training.trainer import Trainer
 
 STEPS, WARMUP, FINAL_FRAC = 12, 3, 0.1
 BATCH, SEQ = 4, 32

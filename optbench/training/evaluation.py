@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from optbench.train import device as hw, distributed
+from optbench.training import device as hw, distributed
 
 
 @torch.no_grad()

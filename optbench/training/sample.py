@@ -13,8 +13,8 @@ from optbench import data as datalib
 from optbench import models
 from optbench.config.compose import load_yaml
 from optbench.errors import UserError, check
-from optbench.train import checkpoint
-from optbench.train.device import resolve_device
+from optbench.training import checkpoint
+from optbench.training.device import resolve_device
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from optbench.train.rundir import write_atomic
+from optbench.training.rundir import write_atomic
 
 MAGIC = b"optbench-checkpoint v1 sha256="
 PATTERN = re.compile(r"step-(\d{8,})\.pt")

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.train import checkpoint
+from optbench.training import checkpoint
 
 RUN_CONTROL = ("run.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
 """Keys that change how a run is executed or logged, not what it computes."""

@@ -10,8 +10,8 @@ from optbench.config.schema import Config
 def train(cfg: Config | list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Train one model with one optimizer: a `Config`, or overrides such as ["optim.lr=3e-3"]."""
     from optbench.config.compose import compose
-    from optbench.train import distributed
-    from optbench.train.trainer import Trainer
+    from optbench.training import distributed
+    from optbench.training.trainer import Trainer
 
     if not isinstance(cfg, Config):
         cfg = compose(list(cfg))

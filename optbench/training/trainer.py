@@ -29,17 +29,17 @@ from optbench import models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.train import checkpoint, device as hw, diagnostics, distributed, resume
-from optbench.train.averaging import WeightAverage
-from optbench.train.evaluation import validation_metrics
-from optbench.train.sample import continuation
-from optbench.train.optimizer_hooks import OptimizerHooks
-from optbench.train.preemption import StopRequest
-from optbench.train.rng import isolated_rng, rng_state, set_rng_state
-from optbench.train.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
-from optbench.train.schedules import lr_multiplier
-from optbench.train.timing import StepTimer
-from optbench.train.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, resume
+from optbench.training.averaging import WeightAverage
+from optbench.training.evaluation import validation_metrics
+from optbench.training.sample import continuation
+from optbench.training.optimizer_hooks import OptimizerHooks
+from optbench.training.preemption import StopRequest
+from optbench.training.rng import isolated_rng, rng_state, set_rng_state
+from optbench.training.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
+from optbench.training.schedules import lr_multiplier
+from optbench.training.timing import StepTimer
+from optbench.training.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 
 
 class StopTraining(Exception):
