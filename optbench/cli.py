@@ -203,6 +203,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from optbench.report import write_report
 
     source = Path(args.source)
+    if not source.is_dir() and len(source.parts) == 1 and layout.default_out(args.source).is_dir():
+        source = layout.default_out(args.source)  # a suite's name, shipped or the user's own: bench/<name>
     if not source.is_dir():
         from optbench.bench.suite import resolve_path
 

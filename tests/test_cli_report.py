@@ -63,6 +63,14 @@ def test_report_by_suite_name_reads_bench_slash_name(tmp_path, monkeypatch, caps
     assert "report written to bench/tiny/report/report.html" in capsys.readouterr().out
 
 
+def test_report_by_the_name_of_a_users_own_suite(tmp_path, monkeypatch, capsys):
+    """`optbench bench mine.yaml` writes bench/mine; `optbench report mine` finds it (README's walk-through)."""
+    monkeypatch.chdir(tmp_path)
+    small_bench(tmp_path / "bench" / "mine")
+    assert main(["report", "mine"]) == 0
+    assert "report written to bench/mine/report/report.html" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, needle", [
     ([], "the following arguments are required: source"),
     (["{out}", "--bogus"], "unrecognized arguments: --bogus"),

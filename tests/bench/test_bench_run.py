@@ -119,7 +119,7 @@ def wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
         time.sleep(0.05)
 
 
-KILLED_STEPS = 120
+KILLED_STEPS = 60
 """Trials long enough (checkpointed every 10 steps) to be caught in the middle, short enough to redo quickly."""
 
 

@@ -28,7 +28,7 @@ from tests.bench.test_bench_run import bench_process, micro_suite, run_dirs, ste
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-STEPS = 200
+STEPS = 120
 
 
 def training(out: Path) -> list[Path]:
