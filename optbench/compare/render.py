@@ -5,13 +5,14 @@ Both take one context with the tables already formatted as text, so the two page
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
+
+from optbench.report.render import data_uri, markdown_table
 
 TEMPLATE = "compare.html.j2"
 UNCONTROLLED = "Not a controlled comparison"
@@ -41,9 +42,9 @@ def write_markdown(path: Path, context: dict[str, Any]) -> None:
     if differing.empty:
         lines += [differing_line(differing), ""]
     else:
-        lines += [f"**{UNCONTROLLED}**: {differing_line(differing)}", "", _md(differing), ""]
+        lines += [f"**{UNCONTROLLED}**: {differing_line(differing)}", "", markdown_table(differing, numparse=False), ""]
     lines += [IGNORED_NOTE, "", "## Runs", "", target_line(context, lambda label: f"`{label}`"), "",
-              _md(context["runs_table"]), "", "## Loss curves", ""]
+              markdown_table(context["runs_table"], numparse=False), "", "## Loss curves", ""]
     for figure in context["figures"]:
         lines += [f"![{figure['caption']}]({figure['path']})", ""]
     lines += ["## Run directories", ""] + [f"- `{label}`: `{run_dir}`" for label, run_dir in context["paths"]]
@@ -61,10 +62,3 @@ def write_html(path: Path, context: dict[str, Any]) -> None:
     path.write_text(html)
 
 
-def data_uri(png: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
-
-
-def _md(table: pd.DataFrame) -> str:
-    # disable_numparse: cells are formatted text already (3.6400 must not become 3.64)
-    return table.to_markdown(index=False, disable_numparse=True)

@@ -60,8 +60,8 @@ def markdown_lines(context: dict[str, Any]) -> list[str]:
     lines += ["## Performance profile across scenarios", "",
               f"Steps to each scenario's target relative to the fastest optimizer; the score is the area "
               f"under ρ(τ) over [1, {profile['tau_max']:g}], normalised to 1.", "",
-              f"![performance profile]({profile['plot']})", "", _md(profile["scores"]), ""]
-    lines += ["## Runs by status", "", _md(context["status"]), ""]
+              f"![performance profile]({profile['plot']})", "", markdown_table(profile["scores"]), ""]
+    lines += ["## Runs by status", "", markdown_table(context["status"]), ""]
     lines += ["## Provenance", "", "| git commit | runs |", "|---|---|"]
     lines += [f"| `{commit}` | {n} |" for commit, n in prov["commits"].items()]
     lines += ["", "| library | versions (runs) |", "|---|---|"]
@@ -74,15 +74,16 @@ def markdown_lines(context: dict[str, Any]) -> list[str]:
 
 
 def _markdown_section(section: dict[str, Any]) -> list[str]:
-    lines = [f"## Scenario `{section['name']}`", "", _scenario_line(section), "", f"Speedup: {section['fit']}. {EDGE_NOTE}", ""]
+    lines = [f"## Scenario `{section['name']}`", "", _scenario_line(section), "",
+             f"Speedup: {section['fit']}. {EDGE_NOTE}", ""]
     if section["leaderboard"] is not None:
-        lines += [_md(section["leaderboard"]), ""]
+        lines += [markdown_table(section["leaderboard"]), ""]
     else:
         lines += ["No optimizer has final runs in this scenario.", ""]
     if section["without_final"]:
         lines += [f"Without final runs: {', '.join(section['without_final'])}.", ""]
     if section["pairwise"] is not None:
-        lines += ["Welch's t-test p-values between final losses:", "", _md(section["pairwise"]), ""]
+        lines += ["Welch's t-test p-values between final losses:", "", markdown_table(section["pairwise"]), ""]
     for figure in section["figures"]:
         lines += [f"![{figure['caption']}]({figure['path']})", ""]
     stats = section["statistics"]
@@ -90,7 +91,7 @@ def _markdown_section(section: dict[str, Any]) -> list[str]:
     lines += [f"### Statistics: `{section['name']}`", ""]
     for key in STATS_KEYS:
         if stats[key] is not None:
-            lines += [notes[key], "", _md(stats[key], numparse=False), ""]
+            lines += [notes[key], "", markdown_table(stats[key], numparse=False), ""]
     return lines
 
 
@@ -100,7 +101,7 @@ def _scenario_line(section: dict[str, Any]) -> str:
     return f"Target loss: {target}{ladder}."
 
 
-def _md(table: pd.DataFrame, numparse: bool = True) -> str:
+def markdown_table(table: pd.DataFrame, numparse: bool = True) -> str:
     """A Markdown table; numparse=False keeps formatted numbers as written (2.4870 stays 2.4870)."""
     return table.to_markdown(index=False, disable_numparse=not numparse)
 
@@ -113,12 +114,13 @@ def write_html(path: Path, context: dict[str, Any], report_dir: Path) -> None:
     """Render the template with every figure inlined as a data: URI, so the page stands alone."""
     env = Environment(loader=PackageLoader("optbench.report", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
-    env.filters["data_uri"] = lambda rel: _data_uri(report_dir / rel)
+    env.filters["data_uri"] = lambda rel: data_uri(report_dir / rel)
     env.globals["scenario_line"] = _scenario_line
     env.globals["versions"] = _versions
     env.globals["stats_notes"] = stats_notes
     path.write_text(env.get_template(TEMPLATE).render(**context, edge_note=EDGE_NOTE, stats_keys=STATS_KEYS))
 
 
-def _data_uri(png: Path) -> str:
+def data_uri(png: Path) -> str:
+    """A PNG inlined as a data: URI, so a page stands alone."""
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
