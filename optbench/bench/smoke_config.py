@@ -22,6 +22,7 @@ from optbench.data.sources import expand_path
 from optbench.data.tokenizers import available_offline
 from optbench.errors import UserError
 from optbench.optim.algorithms import mulo, velo
+from optbench.training.schedules import warmup_steps
 
 STEPS = 3
 BATCH_SIZE = 4
@@ -45,8 +46,10 @@ def smoke_config(cfg: Config, run_dir: Path, tokenizer: str, optim: OptimConfig)
                                 device="cpu", dtype="float32", compile=False, threads=1)
     evaluation = dataclasses.replace(cfg.eval, every=0, batches=EVAL_BATCHES, batch_size=None, at_steps=[],
                                      sample_tokens=0)
-    # One warmup step at most, so the few steps train at the schedule's own learning rates.
-    schedule = dataclasses.replace(cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, 1))
+    # One warmup step at most, so the few steps train at the schedule's own learning rates; a warmup_frac is
+    # resolved against the trial's steps first, so a trial that warms up keeps one warmup step either way.
+    warmup = min(warmup_steps(cfg.schedule, cfg.train.steps), 1)
+    schedule = dataclasses.replace(cfg.schedule, warmup_steps=warmup, warmup_frac=0.0)
     data = DataConfig(name=CORPUS, tokenizer=tokenizer, root=cfg.data.root, mirror=cfg.data.mirror,
                       sampling=cfg.data.sampling, num_proc=cfg.data.num_proc)
     run = RunConfig(dir=str(run_dir), resume="never", log_every=1, progress=False)

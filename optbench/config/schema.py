@@ -14,8 +14,8 @@ from omegaconf import MISSING
 
 from optbench.errors import check, check_choice
 
-SCHEDULES = ("cosine", "linear", "wsd", "constant")
-DECAY_SHAPES = ("linear", "cosine", "sqrt")
+SCHEDULES = ("cosine", "linear", "wsd", "cos_inf", "constant")
+DECAY_SHAPES = ("linear", "cosine", "sqrt", "exp", "mirror_cosine", "square")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAMPLING = ("random", "shuffled")
 WEIGHT_AVG = ("none", "ema", "uniform")
@@ -106,24 +106,41 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate multiplier over steps: linear warmup, then the named shape."""
+    """Learning-rate multiplier over steps: linear warmup, then the named shape (optbench/training/schedules.py)."""
 
     name: str = "cosine"
-    """cosine | linear | wsd (warmup-stable-decay) | constant."""
+    """cosine | linear | wsd (warmup-stable-decay; `schedule=trapezoid` is wsd with a linear decay) | cos_inf
+    (the EPFL benchmark's: cosine, then final_lr_frac held for cos_inf_steps) | constant."""
     warmup_steps: int = 100
+    """Linear warmup's length in steps."""
+    warmup_frac: float = 0.0
+    """Warmup as this share of train.steps instead (PyLO's warmup_ratio, Scaling-for-Scaling's "10% of steps"),
+    floored to whole steps; needs warmup_steps=0."""
     final_lr_frac: float = 0.1
-    """The last step's lr as a fraction of optim.lr (cosine, linear, wsd)."""
+    """The last step's lr as a fraction of optim.lr (cosine, linear, wsd; cos_inf's held lr)."""
     decay_frac: float = 0.2
     """wsd: the share of all steps spent decaying at the end."""
     decay_shape: str = "linear"
-    """wsd: linear | cosine | sqrt (1 - sqrt) cooldown."""
+    """wsd: linear | cosine | sqrt (1 - sqrt) | exp (final_lr_frac ** progress) | mirror_cosine (2 x linear -
+    cosine) | square (1 - progress^2) cooldown (optbench/training/decay_shapes.py)."""
+    cos_inf_steps: int = 0
+    """cos_inf: the last steps held at final_lr_frac after the cosine (the EPFL benchmark's --cos_inf_steps)."""
 
     def __post_init__(self) -> None:
         check_choice("schedule.name", self.name, SCHEDULES)
         check_choice("schedule.decay_shape", self.decay_shape, DECAY_SHAPES)
         check(self.warmup_steps >= 0, f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+        check(0.0 <= self.warmup_frac <= 1.0, f"schedule.warmup_frac={self.warmup_frac} must be in [0, 1]")
+        check(not (self.warmup_frac and self.warmup_steps),
+              f"schedule.warmup_frac={self.warmup_frac} and schedule.warmup_steps={self.warmup_steps} both set the "
+              "warmup: pass schedule.warmup_steps=0 with warmup_frac (warmup_steps defaults to 100)")
         check(0.0 <= self.final_lr_frac <= 1.0, f"schedule.final_lr_frac={self.final_lr_frac} must be in [0, 1]")
         check(0.0 <= self.decay_frac <= 1.0, f"schedule.decay_frac={self.decay_frac} must be in [0, 1]")
+        # 0 ** progress drops the lr to 0 on the cooldown's second step: a plain mistake, not a cooldown.
+        check(not (self.name == "wsd" and self.decay_shape == "exp" and self.final_lr_frac == 0.0),
+              "schedule.decay_shape=exp needs schedule.final_lr_frac > 0 (it decays as final_lr_frac ** progress); "
+              f"valid with 0: {', '.join(shape for shape in DECAY_SHAPES if shape != 'exp')}")
+        check(self.cos_inf_steps >= 0, f"schedule.cos_inf_steps={self.cos_inf_steps} must be >= 0")
 
 
 @dataclass

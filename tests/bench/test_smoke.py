@@ -157,6 +157,13 @@ def test_the_smoke_run_keeps_what_the_optimizer_depends_on(tmp_path):
     assert (cfg.train.seed, cfg.eval.sample_tokens, cfg.run.wandb) == (trial.train.seed, 0, False)
 
 
+def test_a_warmup_frac_trial_keeps_one_warmup_step_in_its_smoke_run(tmp_path):
+    """The share is of the trial's steps, not the smoke run's 3: 2% of 19073 warms up, so the smoke run warms up once."""
+    trial = compose(["schedule.warmup_steps=0", "schedule.warmup_frac=0.02", "train.steps=19073"])
+    cfg = smoke_config(trial, tmp_path / "run", "gpt2", trial.optim)
+    assert (cfg.schedule.warmup_steps, cfg.schedule.warmup_frac) == (1, 0.0)
+
+
 @pytest.mark.parametrize("preset", sorted(config_classes()) + ["gpt2-pom-124m", "llama-1b", "moe-520m"])
 def test_every_family_has_a_debug_size_and_keeps_its_own_settings(preset):
     model = compose([f"model={preset}"]).model
