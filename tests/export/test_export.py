@@ -14,8 +14,10 @@ import optbench
 from optbench import data as datalib
 from optbench import models
 from optbench.config.compose import compose, load_yaml, to_yaml
+from optbench.data.tokenizers import make_tokenizer
 from optbench.export import gpt2, llama
 from optbench.export.run import export_run, write_folder
+from optbench.export.tokenizer import tokenizer_files
 from optbench.training import checkpoint
 from optbench.training.averaging import WeightAverage
 from tests.conftest import SHARED_DATA, TEXT, tiny_run, write_corpus
@@ -153,6 +155,17 @@ def test_the_other_layouts_map_exactly(family, overrides, tmp_path):
     write_folder(tmp_path / "hf", family.hf_config(cfg, embedding.shape[0], 16, None, "float32"),
                  family.hf_weights(cfg, state), {})
     assert max_logit_diff(ours, hf_model(tmp_path / "hf"), 61, 16) < ATOL
+
+
+def test_an_hf_tokenizer_is_exported_as_its_tokenizer_json(tmp_path, hf_tokenizer_json):
+    ours = make_tokenizer(f"hf:{hf_tokenizer_json(tmp_path / 'tokenizer.json')}")
+    files, note = tokenizer_files(ours, 16)
+    (tmp_path / "hf").mkdir()
+    for name, text in files.items():
+        (tmp_path / "hf" / name).write_text(text)
+    theirs = transformers().AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert note == "the run's tokenizer.json" and theirs.eos_token_id == ours.eot == 1
+    assert theirs.encode("hello the cat world", add_special_tokens=False) == ours.encode("hello the cat world")
 
 
 def write_run_config(folder: Path, *overrides: str) -> Path:
