@@ -1,4 +1,4 @@
-"""`optbench train|sample|data|model|optim|bench|report|compare|check-optimizer`: parse, call the library, map
+"""`optbench train|sample|export|data|model|optim|bench|report|compare|check-optimizer`: parse, call the library, map
 UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
@@ -52,6 +52,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from optbench.training.sample import sample_from_run
 
     print(sample_from_run(args.overrides))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from optbench.export import export_run
+
+    exported = export_run(args.overrides)
+    print(f"exported step {exported.step} as {exported.architecture} to {exported.out}; tokenizer: "
+          f"{exported.tokenizer}")
     return 0
 
 
@@ -260,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("overrides", nargs="*", help='run.dir=DIR prompt="..." max_new_tokens=200 '
                                                      "temperature=0.8 top_k=200 seed=0")
     sample.set_defaults(func=cmd_sample)
+
+    export = commands.add_parser("export", help="write a run's model as a Hugging Face transformers folder")
+    export.add_argument("overrides", nargs="*", help="run.dir=DIR out=DIR weights=model|averaged")
+    export.set_defaults(func=cmd_export)
 
     data = commands.add_parser("data", help="prepare and list datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)
