@@ -12,7 +12,7 @@ from tests.check.optimizers import MODULE, StepRecord
 
 FULL = ("adamw", "muon", "soap", "lion", "sf-adamw")
 """One of each kind: elementwise adaptive, matrix-only with a backup, Kronecker-preconditioned, sign-based, and
-train/eval modes (Schedule-Free). Every optimizer runs the LM checks one by one in tests/optim/test_conformance.py;
+train/eval modes (Schedule-Free). Every optimizer runs the other LM checks one by one in tests/optim/test_conformance.py;
 `optbench check-optimizer NAME` runs them all on any of them."""
 
 
