@@ -23,7 +23,7 @@ from optbench.bench import layout
 from optbench.bench.plan import load_study, tuning_phase
 from optbench.bench.protocol import as_plain, as_plain_entry, differences, freeze, freeze_entry, thawed
 from optbench.bench.storage import open_storage
-from optbench.bench.suite import Suite, load_suite, run_overrides, search_space, to_yaml
+from optbench.bench.suite import Suite, is_frozen, load_suite, run_overrides, search_space, to_yaml
 from optbench.bench.worker import work
 from optbench.config.compose import compose
 from optbench.errors import UserError
@@ -38,8 +38,8 @@ def prepare(suite_ref: str | Path, out: Path | None, storage: str | None) -> tup
     # Every plugin this process has, --plugin and OPTBENCH_PLUGINS included: a Slurm worker has neither.
     suite.plugins = plugins.loaded()
     suite.plugin_hashes = plugins.digests(suite.plugins)
+    check_registry(suite)  # a suite read back from OUT/suite.yaml must still be what the registry says
     suite = freeze(suite)  # the protocol as the registry resolves it now, what OUT/suite.yaml keeps
-    check_registry(suite)
     out = Path(out) if out is not None else layout.default_out(suite.name)
     configs = check_runs(suite)
     check_compatible(suite, out)
@@ -106,8 +106,9 @@ def check_compatible(suite: Suite, out: Path) -> None:
 
 def check_registry(suite: Suite) -> None:
     """A frozen suite (OUT/suite.yaml, as workers read it) against what the registry says now: a worker of a
-    changed optbench would run something else than the study ran so far."""
-    for entry in suite.optimizers:
+    changed optbench would run something else than the study ran so far. Entries not yet frozen have nothing to
+    compare."""
+    for entry in filter(is_frozen, suite.optimizers):
         frozen, now = as_plain_entry(entry), as_plain_entry(freeze_entry(thawed(entry)))
         if frozen != now:
             raise UserError(f"optimizer {entry.name} is no longer what this bench froze when it started "

@@ -68,7 +68,7 @@ def scenario_result(bench: Bench, scenario: Scenario) -> ScenarioResult:
             without.append(entry.name)
             continue
         losses[entry.name] = measures.final_losses(finals)
-        rows.append(_row(bench, scenario, entry.name, finals, baseline, fit, alpha))
+        rows.append(_row(bench, scenario, entry.name, finals, tuning, baseline, fit, alpha))
     table = pd.DataFrame(rows)
     if len(table):
         table = _add_ratios(table, suite.baseline)
@@ -121,7 +121,7 @@ def baseline_fit(bench: Bench, scenario: Scenario) -> PowerLaw | None:
     return fit
 
 
-def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baseline: list[Run],
+def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], tune_runs: list[Run], baseline: list[Run],
          fit: PowerLaw | None, alpha: float) -> dict:
     done = measures.completed(finals)
     losses = measures.final_losses(finals)
@@ -130,7 +130,7 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
     # Diverged runs count as never reaching the target; runs that never finished tell nothing.
     ended = [r for r in finals if r.status in ("completed", "diverged")]
     steps, seconds = measures.steps_to_target(ended, scenario.target_loss)
-    tuning = Counter(r.status for r in bench.select(scenario.name, name, "tune"))
+    tuning = Counter(r.status for r in tune_runs)
     is_baseline = name == bench.suite.baseline
     base_losses = measures.final_losses(baseline)
     t, p_target = (statistics.target_test(losses, scenario.target_loss) if scenario.target_loss is not None
@@ -142,7 +142,7 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], baselin
         "final_loss_mean": mean,
         "final_loss_std": float(losses.std(ddof=1)) if len(losses) > 1 else math.nan,
         "hparams": json.dumps(finals[0].hparams, sort_keys=True),
-        "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams, bench.select(scenario.name, name, "tune"))),
+        "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams, tune_runs)),
         "tokens": tokens,
         "speedup": speedup(fit, mean, tokens),
         "steps_to_target": steps,
