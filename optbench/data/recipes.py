@@ -125,6 +125,12 @@ register(Recipe(
     hub_config="sample-10BT",
 ))
 register(Recipe(
+    name="fineweb-edu-100bt",
+    description="FineWeb-Edu sample-100BT: 100B tokens of FineWeb-Edu (Scaling-for-Scaling Stage 2's 16B-token runs)",
+    hub_path="HuggingFaceFW/fineweb-edu",
+    hub_config="sample-100BT",
+))
+register(Recipe(
     name="c4",
     description="C4 (en): the cleaned CommonCrawl corpus of T5",
     hub_path="allenai/c4",

@@ -122,6 +122,55 @@ S4S_OPTIMIZERS = {  # (published best lr at 350M, at 1B), the other values (the 
                               "scale_type": "channel", "scale": 1.0, **_WD0}),
 }
 
+# ----------------------------------------------------------------------------- s4s-stage2
+# OpenRaiser/OmniOpt Stage2-FWE/trainer/flame/scripts/run_340m.sh and run_1b.sh + opentome/utils/optimization.py;
+# flame's configs/*_340M.json and *_1B.json (hidden size, layers, heads).
+
+S4S2_SETTING = {"data.name": "fineweb-edu-100bt", "data.tokenizer": "hf:fla-hub/transformer-1.3B-100B",
+                "train.seq_len": 4096, "sequences": 128, "train.steps": 30720, "train.grad_clip": 1.0,
+                "schedule.name": "cosine", "schedule.warmup_steps": 1024, "schedule.final_lr_frac": 0.1,
+                "model.tie_embeddings": False, "model.norm_eps": 1e-6}
+_S2_340M, _S2_1B = {"model.n_embd": 1024, "model.n_layer": 24}, {"model.n_embd": 2048, "model.n_layer": 24}
+S4S2_SCENARIOS = {
+    "transformer-340m": {**_S2_340M, "model.name": "llama", "model.n_head": 16, "model.ffn_dim": 2816},
+    "gla-340m": {**_S2_340M, "model.name": "gla", "model.n_head": 4},
+    "deltanet-340m": {**_S2_340M, "model.name": "deltanet", "model.n_head": 8},
+    "gated-deltanet-340m": {"model.n_embd": 1024, "model.n_layer": 21, "model.name": "gated-deltanet",
+                            "model.n_mixer_head": 6},
+    "transformer-1b": {**_S2_1B, "model.name": "llama", "model.n_head": 32, "model.ffn_dim": 5632},
+    "gla-1b": {**_S2_1B, "model.name": "gla", "model.n_head": 4},
+    "deltanet-1b": {**_S2_1B, "model.name": "deltanet", "model.n_head": 16},
+    "gated-deltanet-1b": {"model.n_embd": 2048, "model.n_layer": 21, "model.name": "gated-deltanet",
+                          "model.n_mixer_head": 6},
+}
+S4S2_OPTIMIZERS = {  # (published best lr at 340M, at 1B), the other values (the 340M script's where they differ)
+    "adamw": ((1e-3, 1e-3), {"beta1": 0.9, "beta2": 0.99, "eps": 1e-15, **_WD0}),
+    "adamp": ((1e-3, 1e-3), {"beta1": 0.9, "beta2": 0.98, "eps": 1e-15, **_WD0}),
+    "adan": ((1e-3, 3e-3), {"beta1": 0.9, "beta2": 0.92, "beta3": 0.99, "eps": 1e-8, **_WD0}),  # OPT_BETA3=0.99
+    "lion": ((3e-4, 3e-4), {"beta1": 0.9, "beta2": 0.99, **_WD0}),
+    # MARS: betas_1d = (B1, B2) and lr_1d = --lr in the factory; lr_1d fixed here at the 340M --lr
+    "mars-adamw": ((1e-3, 3e-3), {"beta1": 0.95, "beta2": 0.99, "eps": 1e-8, "gamma": 0.025, "lr_1d": 1e-3,
+                                  "beta1_1d": 0.95, "beta2_1d": 0.99, "weight_decay_1d": 0.0, **_WD0}),
+    "mars-lion": ((2e-4, 2e-4), {"beta1": 0.9, "eps": 1e-12, "gamma": 0.025, "lr_1d": 2e-4, "beta1_1d": 0.9,
+                                 "beta2_1d": 0.98, "weight_decay_1d": 0.0, **_WD0}),
+    "mars-shampoo": ((1e-2, 1e-2), {"beta1": 0.95, "beta2": 0.99, "eps": 1e-12, "gamma": 0.025, "lr_1d": 1e-2,
+                                    "beta1_1d": 0.95, "beta2_1d": 0.99, "weight_decay_1d": 0.0, **_WD0}),
+    # Muon: momentum 0.95 (class default), AdamW part at adam_lr = --lr with betas (B1, B2) and --eps
+    "muon": ((3e-3, 5e-3), {"momentum": 0.95, "nesterov": True, "ns_steps": 5, "backup.lr": 3e-3,
+                            "backup.beta1": 0.9, "backup.beta2": 0.95, "backup.eps": 1e-15,
+                            "backup.weight_decay": 0.0, **_WD0}),
+    # RMNP: momentum 0.95 in the factory; AdamW part at ADAM_LR 1e-3, betas (B1, B2), --eps
+    "rmnp": ((3e-3, 5e-3), {"momentum": 0.95, "backup.lr": 1e-3, "backup.beta1": 0.9, "backup.beta2": 0.99,
+                            "backup.eps": 1e-15, "backup.weight_decay": 0.0, **_WD0}),
+    "soap": ((3e-3, 3e-3), {"beta1": 0.9, "beta2": 0.95, "eps": 1e-15, "precondition_frequency": 10,
+                            "max_precond_dim": 10000, **_WD0}),
+    "apollo": ((3e-3, 3e-3), {"beta1": 0.9, "beta2": 0.99, "eps": 1e-12, "rank": 512, "scale": 2.0,
+                              "update_proj_gap": 200, "scale_type": "channel", **_WD0}),
+    # Conda: 1e-2 at 340M (gap 2000, scale 0.25, used here); the 1B's 5e-4 goes with gap 200, scale 1.0
+    "conda": ((1e-2,), {"beta1": 0.9, "beta2": 0.99, "eps": 1e-12, "update_proj_gap": 2000, "scale": 0.25,
+                        **_WD0}),
+}
+
 # ----------------------------------------------------------------------------- pylo-gpt2
 # Belilovsky-Lab/pylo_examples language_model_pretraining (seed 001): README commands, jobs, config.py, train.py.
 
@@ -175,6 +224,7 @@ ONLY_IN = {  # optimizers the sources run in one setting of their own; every oth
 PUBLISHED = {
     "epfl-124m": (EPFL_SETTING, EPFL_SCENARIOS, EPFL_OPTIMIZERS),
     "s4s-stage1": (S4S_SETTING, S4S_SCENARIOS, S4S_OPTIMIZERS),
+    "s4s-stage2": (S4S2_SETTING, S4S2_SCENARIOS, S4S2_OPTIMIZERS),
     "pylo-gpt2": (PYLO_SETTING, PYLO_SCENARIOS, PYLO_OPTIMIZERS),
     "modded-soap": (MODDED_SETTING, MODDED_SCENARIOS, MODDED_OPTIMIZERS),
 }

@@ -261,3 +261,33 @@ def test_modded_soap_matches_the_records():
     assert {1.8e-3, 3e-3} <= set(lr_grid(suite, "soap"))
     assert 1.8e-3 in lr_grid(suite, "adamw") and 1.8e-3 in lr_grid(suite, "shampoo")
     assert math.isclose(composed(suite, "steps-5100", "shampoo").optim.grafting_beta2, 0.95)
+
+
+# ----------------------------------------------------------------------------- s4s-stage2
+
+LLAMA2_VOCAB = 32000
+"""flame's configs and the fla-hub/transformer-1.3B-100B tokenizer: LLaMA-2's 32,000 pieces."""
+S4S2_CHINCHILLA = {"transformer-340m": 2.15, "transformer-1b": 0.59}
+"""Transformer++ scenario -> tokens / (20 x parameters) as the suite's header says."""
+
+
+@pytest.mark.parametrize("scenario", sorted(S4S2_CHINCHILLA))
+def test_s4s_stage2_token_budget_is_the_stated_chinchilla_multiple(scenario):
+    cfg = composed(load_suite("s4s-stage2"), scenario)
+    assert (cfg.train.steps, tokens_per_step(cfg)) == (30_720, 524_288)  # 8 GPUs x 32,768 tokens x grad acc 2
+    tokens = cfg.train.steps * tokens_per_step(cfg)
+    chinchilla = 20 * n_params(cfg, LLAMA2_VOCAB)
+    multiple = S4S2_CHINCHILLA[scenario]
+    assert abs(tokens - multiple * chinchilla) <= 0.01 * multiple * chinchilla, tokens / chinchilla
+    assert cfg.data.max_tokens >= tokens
+
+
+def test_s4s_stage2_protocol():
+    suite = load_suite("s4s-stage2")
+    families = {composed(suite, s.name).model.name for s in suite.scenarios}
+    assert families == {"llama", "gla", "deltanet", "gated-deltanet"} and len(suite.scenarios) == 8
+    assert len(suite.optimizers) == 12
+    for entry in suite.optimizers:
+        assert entry.fixed["weight_decay"] == 0.0, entry.name
+        assert list(search_space(entry)) == ["lr"], f"{entry.name}: the protocol tunes the lr on a grid"
+    assert suite.tuning.method == "grid" and suite.final.seeds == [0, 1, 2]

@@ -102,7 +102,7 @@ def c4(root):  # JSON lines named .json, one of them gzipped, as C4 ships
 
 LAYOUTS = {"shakespeare-char": shakespeare_char, "wikitext-2": wikitext_2, "wikitext-103": wikitext_103,
            "tinystories": tinystories, "openwebtext": openwebtext, "slimpajama-6b": slimpajama_6b,
-           "fineweb": fineweb, "fineweb-edu": fineweb_edu, "c4": c4}
+           "fineweb": fineweb, "fineweb-edu": fineweb_edu, "fineweb-edu-100bt": fineweb_edu, "c4": c4}
 
 
 def joined_ids(tok, docs):

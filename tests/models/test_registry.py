@@ -37,6 +37,10 @@ PUBLISHED = [
     ("llama-130m", 32000, 1024, 134_105_856, 109_529_856),
     ("llama-350m", 32000, 1024, 367_969_280, 335_201_280),
     ("llama-1b", 32000, 1024, 1_339_082_752, 1_273_546_752),
+    # flame's Transformer++ (Scaling-for-Scaling Stage 2), the same sum with f = 2816 / 5632; equal to HF
+    # LlamaForCausalLM(hidden 1024 / 2048, intermediate 2816 / 5632, 24 layers, vocab 32000, untied) counted on meta.
+    ("transformer-340m", 32000, 4096, 373_867_520, 341_099_520),
+    ("transformer-1b", 32000, 4096, 1_364_297_728, 1_298_761_728),
     # EPFL llm-baselines Llama, GPT-2 tokenizer padded 50257 -> 50304, tied: V d + L (4 d^2 + 3 d f + 2 d) + d
     # with f = 2048 (d = 768) or 5632 (d = 2048). 124M matches "123.59M" in epfml/llm-optimizer-benchmark's README.
     ("llama-124m", 50257, 512, 123_587_328, 84_953_856),
