@@ -40,7 +40,8 @@ def test_report_of_a_results_folder(tmp_path, capsys):
     assert printed.out == (f"report written to {report / 'report.html'}, {report / 'report.md'} and "
                            f"{report / 'leaderboard.csv'}\n")
     assert sorted(p.name for p in report.iterdir() if p.is_file()) == REPORT_FILES
-    assert sorted(p.name for p in (report / "plots").glob("*.png")) == ["loss-s.png", "lr-s.png", "profile.png"]
+    assert sorted(p.name for p in (report / "plots").glob("*.png")) == ["loss-s.png", "lr-s.png", "profile.png",
+                                                                       "time-s.png"]  # no dynamics recorded
     board = pd.read_csv(report / "leaderboard.csv")
     assert board["optimizer"].tolist() == ["muon", "adamw"] and board["n_final"].tolist() == [2, 2]
     assert board["speedup"].round(2).tolist() == [2.0, 1.0]

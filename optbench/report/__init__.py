@@ -1,12 +1,14 @@
 """The leaderboard report of a bench output folder: `write_report(OUT)` writes OUT/report/.
 
-    report.md           Markdown tables, figures referenced as plots/*.png; per scenario a Statistics
+    report.md           Markdown tables, figures referenced as plots/*.png; per scenario the loss at k steps,
+                        stability (spikes, divergence, attention logits) and a Statistics
                         block (statistics.py: target test, one-sided pairwise tests and seeds needed,
                         tuning burden, grid neighbours of the best hyperparameters)
     report.html         one self-contained page (figures embedded, no external resources)
     leaderboard.csv     every scenario's leaderboard, raw numbers
     runs.csv            every run: scenario, optimizer, phases, seed, hyperparameters, status, loss, ...
-    plots/              loss curves and lr sensitivity per scenario, the performance profile
+    plots/              loss curves (tokens, time), lr sensitivity and update RMS per block per scenario, the
+                        performance profile
 
 The report reads only OUT (suite.yaml and runs/); see load.py for what it tolerates there.
 """
@@ -20,13 +22,20 @@ from typing import Any
 import pandas as pd
 
 from optbench.bench import layout
-from optbench.report import plots, profile, tables
+from optbench.report import plots, profile, progress, stability, tables
 from optbench.report.leaderboard import ScenarioResult, scenario_result
 from optbench.report.load import Bench, load_bench
 from optbench.report.provenance import provenance
 from optbench.report.render import write_html, write_markdown
 
 __all__ = ["write_report"]
+
+LOSS_AT_STEPS_NOTE = ("Validation loss of the final runs at evaluation steps every one of them reached (PyLO's results "
+                      "table): mean ± sd over seeds.")
+STABILITY_NOTE = ("Loss and grad-norm spikes (above 10× the running median; summary.json) per final run, final runs "
+                  "that diverged, the share of tuning trials that diverged (of those completed, diverged or pruned), "
+                  "and the largest attention logit of the final runs on the diagnostics' probe batch (diag.every); "
+                  "— where runs recorded none.")
 
 
 def write_report(out_dir: Path, report_dir: Path | None = None) -> dict[str, Path]:
@@ -90,7 +99,11 @@ def _section(bench: Bench, result: ScenarioResult, plots_dir: Path, palette: dic
     figures = []
     for kind, build, caption in (("loss", plots.loss_curves, "validation loss of the final runs "
                                                             "(mean over seeds, min–max band)"),
-                                 ("lr", plots.lr_sensitivity, "learning-rate sensitivity over the tuning runs")):
+                                 ("time", plots.loss_vs_time, "validation loss of the final runs against "
+                                                              "wall-clock time"),
+                                 ("lr", plots.lr_sensitivity, "learning-rate sensitivity over the tuning runs"),
+                                 ("update-rms", plots.update_rms_layers, "update RMS per block over training "
+                                                                         "(final runs, diag.every)")):
         fig = build(bench, scenario, palette)
         if fig is not None:
             path = plots.save(fig, plots_dir / plots.plot_name(kind, scenario.name))
@@ -105,8 +118,23 @@ def _section(bench: Bench, result: ScenarioResult, plots_dir: Path, palette: dic
         "pairwise": tables.display_pairwise(result.pairwise) if len(result.pairwise) > 1 else None,
         "without_final": result.without_final,
         "figures": figures,
+        "tables": _progress_and_stability(bench, scenario),
         "statistics": _statistics(result),
     }
+
+
+def _progress_and_stability(bench: Bench, scenario) -> list[dict[str, Any]]:
+    """The scenario's "loss at k steps" and stability tables, each left out where no run gives it a row."""
+    shown = []
+    at_steps = progress.loss_at_steps(bench, scenario)
+    if len(at_steps):
+        shown.append({"id": "loss-at-steps", "title": "Loss at k steps", "note": LOSS_AT_STEPS_NOTE,
+                      "table": tables.display_loss_at_steps(at_steps)})
+    stable = stability.stability_table(bench, scenario)
+    if len(stable):
+        shown.append({"id": "stability", "title": "Stability", "note": STABILITY_NOTE,
+                      "table": tables.display_stability(stable)})
+    return shown
 
 
 def _statistics(result: ScenarioResult) -> dict[str, Any]:

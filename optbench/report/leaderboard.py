@@ -141,6 +141,7 @@ def _row(bench: Bench, scenario: Scenario, name: str, finals: list[Run], tune_ru
         "n_final": len(losses),
         "final_loss_mean": mean,
         "final_loss_std": float(losses.std(ddof=1)) if len(losses) > 1 else math.nan,
+        "final_ppl": math.exp(mean) if math.isfinite(mean) else math.nan,  # of the mean loss: the geometric mean
         "hparams": json.dumps(finals[0].hparams, sort_keys=True),
         "at_grid_edge": ",".join(at_grid_edge(bench, name, finals[0].hparams, tune_runs)),
         "tokens": tokens,

@@ -35,6 +35,8 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     evals: list[dict[str, Any]] = field(default_factory=list)
     train: list[dict[str, Any]] = field(default_factory=list)
+    dynamics: list[dict[str, Any]] = field(default_factory=list)
+    """The run's `kind: dynamics` records (diag.every): per-parameter update statistics and attention telemetry."""
     env: dict[str, Any] = field(default_factory=dict)
     trial: int | None = None
     """The tuning trial's number where trial.json records one (`trial` or `number`); None otherwise."""
@@ -124,7 +126,8 @@ def _read_run(path: Path) -> Run | None:
                phases=tuple(trial.get("phases") or ()),
                summary=_read_json(path / "summary.json") or {},
                evals=[line for line in lines if "val_loss" in line],
-               train=[line for line in lines if "val_loss" not in line],
+               train=[line for line in lines if "val_loss" not in line and line.get("kind", "train") == "train"],
+               dynamics=[line for line in lines if line.get("kind") == "dynamics"],
                env=_read_json(path / "env.json") or {}, trial=_trial_number(trial), extension=trial.get("extension"),
                study=int(trial.get("study", 0)))
 

@@ -1,4 +1,5 @@
-"""The report's figures: loss curves and learning-rate sensitivity per scenario, performance profiles.
+"""The report's figures: loss curves (against tokens and time), learning-rate sensitivity and update RMS per
+block per scenario, performance profiles.
 
 Figures are built on matplotlib's object API (Figure, not pyplot), which needs no global backend
 switch and keeps no figure alive after saving. Each optimizer keeps one colour across all figures.
@@ -16,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from optbench.bench.suite import Scenario
-from optbench.report import measures
+from optbench.report import measures, progress, stability
 from optbench.report.load import Bench
 from optbench.report.profile import TAU_MAX, rho
 
@@ -53,17 +54,81 @@ def loss_curves(bench: Bench, scenario: Scenario, palette: dict[str, str]) -> Fi
         return None
     if scenario.target_loss is not None:
         ax.axhline(scenario.target_loss, color="grey", linestyle="--", linewidth=1, label="target")
-    ax.set_yscale("log")
-    # Losses span well under a decade, where log axes' default 10^x labels would show no numbers at all.
-    plain = FuncFormatter(lambda y, _: f"{y:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    _log_loss_axis(ax)
     ax.set_xlabel("tokens")
     ax.set_ylabel("validation loss")
     ax.set_title(f"{scenario.name}: final runs")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def loss_vs_time(bench: Bench, scenario: Scenario, palette: dict[str, str]) -> Figure | None:
+    """Val loss against wall-clock seconds of each optimizer's completed final runs: at each evaluation step all
+    seeds share, the mean loss (min-max band) at the seeds' mean time. Shows what a faster step buys."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    drawn = False
+    for name, runs in progress.finals_by_optimizer(bench, scenario).items():
+        curve = progress.loss_against_time(runs)
+        if curve.empty:
+            continue
+        color = palette[name]
+        ax.plot(curve["seconds"], curve["mean"], color=color, label=f"{name} (n={len(runs)})")
+        ax.fill_between(curve["seconds"], curve["min"], curve["max"], color=color, alpha=0.2, linewidth=0)
+        drawn = True
+    if not drawn:
+        return None
+    if scenario.target_loss is not None:
+        ax.axhline(scenario.target_loss, color="grey", linestyle="--", linewidth=1, label="target")
+    _log_loss_axis(ax)
+    ax.set_xlabel("wall-clock seconds")
+    ax.set_ylabel("validation loss")
+    ax.set_title(f"{scenario.name}: final runs against time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def update_rms_layers(bench: Bench, scenario: Scenario, palette: dict[str, str]) -> Figure | None:
+    """Small multiples, one panel per optimizer (its lowest-seed final run with dynamics records): update RMS of
+    each block over training, shallow blocks light and deep ones dark, on a shared log scale."""
+    panels = {}
+    for entry in bench.suite.optimizers:
+        run = stability.dynamics_run(bench, scenario, entry.name)
+        table = stability.update_rms_by_layer(run) if run is not None else None
+        if table is not None and not table.empty:
+            panels[entry.name] = table
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    depth = colormaps["viridis_r"]
+    for ax, (name, table) in zip(axes.flat, panels.items()):
+        layers = list(table.columns)
+        for i, layer in enumerate(layers):
+            ax.plot(table.index, table[layer], color=depth(0.15 + 0.85 * i / max(1, len(layers) - 1)),
+                    linewidth=1, label=f"block {layer}" if i in (0, len(layers) - 1) else None)
+        ax.set_title(name, fontsize="medium", color=palette[name])
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="x-small")
+    fig.supxlabel("step")
+    fig.supylabel("update RMS (median over the block)")
+    fig.suptitle(f"{scenario.name}: update RMS per block, final runs")
+    return fig
+
+
+def _log_loss_axis(ax) -> None:
+    ax.set_yscale("log")
+    # Losses span well under a decade, where log axes' default 10^x labels would show no numbers at all.
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
 
 
 def lr_points(bench: Bench, scenario: Scenario, optimizer: str) -> pd.DataFrame:

@@ -86,6 +86,9 @@ def _markdown_section(section: dict[str, Any]) -> list[str]:
         lines += ["Welch's t-test p-values between final losses:", "", markdown_table(section["pairwise"]), ""]
     for figure in section["figures"]:
         lines += [f"![{figure['caption']}]({figure['path']})", ""]
+    for shown in section["tables"]:
+        lines += [f"### {shown['title']}: `{section['name']}`", "", shown["note"], "",
+                  markdown_table(shown["table"], numparse=False), ""]
     stats = section["statistics"]
     notes = stats_notes(stats["alpha"])
     lines += [f"### Statistics: `{section['name']}`", ""]

@@ -44,6 +44,7 @@ def display_leaderboard(table: pd.DataFrame, fit: PowerLaw | None, has_target: b
             "#": str(row["rank"]),
             "optimizer": row["optimizer"],
             "final val loss": _loss(row),
+            "val perplexity": _number(row["final_ppl"], "{:.4g}"),
             "best hyperparameters": hparams_text(json.loads(row["hparams"]), row.get("at_grid_edge") or ""),
             "speedup (D_eff/D)": speedup_text(row["speedup"], fit),
         }
@@ -130,6 +131,33 @@ def _ratio_of(ratio: float, value: float, template: str, first: bool = False) ->
 def _trials(row: dict[str, Any]) -> str:
     parts = [f"{row[k]} {k}" for k in ("diverged", "pruned", "failed", "incomplete") if row[k]]
     return f"{row['tune_trials']}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def display_loss_at_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """PyLO's results table: per optimizer, val loss mean ± sd over seeds at each shown step."""
+    steps = [c.removeprefix("loss@") for c in table.columns if c.startswith("loss@")]
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "seeds": str(row["n"]),
+        **{f"step {step}": _mean_sd(row[f"loss@{step}"], row[f"sd@{step}"]) for step in steps},
+    } for row in table.to_dict("records")])
+
+
+def display_stability(table: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer: spikes per final run, divergence of final and tuning runs, the largest attention logit."""
+    return pd.DataFrame([{
+        "optimizer": row["optimizer"],
+        "loss spikes / run": _number(row["loss_spikes_per_run"], "{:.2g}"),
+        "grad spikes / run": _number(row["grad_spikes_per_run"], "{:.2g}"),
+        "final runs diverged": f"{row['final_diverged']}/{row['n_final']}",
+        "tuning divergence": (DASH if not row["tune_ended"] else
+                              f"{row['tune_divergence_rate']:.0%} ({row['tune_diverged']}/{row['tune_ended']})"),
+        "max attention logit": _number(row["max_attn_logit"], "{:.3g}"),
+    } for row in table.to_dict("records")])
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    return _number(mean, "{:.4f}") + ("" if math.isnan(sd) else f" ± {sd:.4f}")
 
 
 # ----------------------------------------------------------------------------- statistics (statistics.py)

@@ -40,9 +40,11 @@ def write_suite(out: Path, scenarios: Sequence[dict[str, Any]], optimizers: Sequ
 def write_run(out: Path, scenario: str, optimizer: str, seed: int, hparams: dict[str, Any],
               losses: Sequence[float], *, phases: Sequence[str] = ("final",), status: str = "completed",
               tokens_per_step: int = TOKENS_PER_STEP, step_time: float = 0.1, state_bytes_per_param: float = 8.0,
-              summary: bool = True, metrics: bool = True) -> Path:
+              summary: bool = True, metrics: bool = True, summary_extra: dict[str, Any] | None = None,
+              records: Sequence[dict[str, Any]] = ()) -> Path:
     """A run with one eval per step k = 1..len(losses) (val loss losses[k-1]) after a step-0 eval, and a
-    train line per step whose throughput gives `step_time` seconds per step."""
+    train line per step whose throughput gives `step_time` seconds per step; `records` (e.g. kind: dynamics) are
+    appended to metrics.jsonl and `summary_extra` to summary.json."""
     path = layout.run_dir(out, scenario, optimizer, run_key(hparams, seed))
     path.mkdir(parents=True)
     trial = {"suite": "synthetic", "scenario": scenario, "optimizer": optimizer, "hparams": hparams,
@@ -55,7 +57,7 @@ def write_run(out: Path, scenario: str, optimizer: str, seed: int, hparams: dict
                       "tokens_per_s": tokens_per_step / step_time, **common})
         lines.append({"val_loss": loss, "val_ppl": 2.718 ** loss, "val_acc": 0.5, **common})
     if metrics:
-        (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [*lines, *records]))
     if summary:
         steps = len(losses)
         record = {"status": status, "final_val_loss": losses[-1] if losses else None,
@@ -64,7 +66,7 @@ def write_run(out: Path, scenario: str, optimizer: str, seed: int, hparams: dict
                   "tokens_per_s": tokens_per_step / step_time, "step_time_s": step_time,
                   "peak_mem_bytes": 64 * 2**20,
                   "optim_state_bytes": int(state_bytes_per_param * N_PARAMS), "n_params": N_PARAMS,
-                  "n_params_non_embedding": N_PARAMS // 2, "run_dir": str(path)}
+                  "n_params_non_embedding": N_PARAMS // 2, "run_dir": str(path), **(summary_extra or {})}
         (path / "summary.json").write_text(json.dumps(record))
     env = {"git_commit": "abc123", "git_dirty": False, "host": "test",
            "versions": {"optbench": "0.1.0", "torch": "2.6.0", "optuna": "4.0.0"}}
@@ -85,15 +87,49 @@ STEP_TIME = {"adamw": 0.1, "muon": 0.12, "lion": 0.09}
 STATE = {"adamw": 8.0, "muon": 4.0, "lion": 4.0}
 
 
+LOSS_SPIKES = {"adamw": (0, 1, 2), "muon": (1, 1, 1), "lion": (0, 0, 0)}
+GRAD_SPIKES = {"adamw": (0, 0, 3), "muon": (2, 0, 1), "lion": (0, 0, 0)}
+MAX_ATTN_LOGIT = {"adamw": (10.0, 12.5, 11.0), "muon": (5.0, 6.0, 7.0), "lion": (20.0, 3.0, 4.0)}
+"""Per seed 0, 1, 2 of the final runs: what summary.json's stability fields say."""
+DYNAMICS_STEPS = (5, 10)
+UPDATE_RMS = {"adamw": 1e-3, "muon": 4e-3}
+"""Final runs of these optimizers carry dynamics records (diag.every = 5): see `update_rms`."""
+
+
+PART_FACTOR = {"attn": 1.0, "mlp": 2.0, "ln": 10.0}
+"""Three parameters per block, so a block's median (2) differs from its mean."""
+
+
+def update_rms(name: str, seed: int, step: int, layer: int, part: str) -> float:
+    """A parameter's update RMS in the synthetic dynamics: grows with depth, shrinks with the step."""
+    return UPDATE_RMS[name] * (1 + layer) * PART_FACTOR[part] * (1 + seed) / step
+
+
+def dynamics_records(name: str, seed: int) -> list[dict[str, Any]]:
+    """kind: dynamics records for two blocks (three parameters each) and an embedding outside the blocks."""
+    records = []
+    for step in DYNAMICS_STEPS:
+        params = {f"transformer.h.{layer}.{part}.weight": {"update_rms": update_rms(name, seed, step, layer, part)}
+                  for layer in (0, 1) for part in PART_FACTOR}
+        params["transformer.wte.weight"] = {"update_rms": 1.0}
+        records.append({"kind": "dynamics", "step": step, "tokens": step * TOKENS_PER_STEP, "params": params,
+                        "roles": {}, "attention": []})
+    return records
+
+
 def power_law_bench(out: Path, target: float | None = 2.5) -> Path:
     """One scenario "s" (target 2.5): adamw on the law, muon worth 2x tokens, lion 0.5x, sgd tuned but
-    never finalised; tuning grids with a diverged muon run, a pruned lion run and a crashed lion run."""
+    never finalised; tuning grids with a diverged muon run, a pruned lion run and a crashed lion run. Final runs
+    record spikes and attention logits (LOSS_SPIKES, ...); adamw's and muon's also dynamics."""
     write_suite(out, [{"name": "s", "target_loss": target}], ["adamw", "muon", "lion", "sgd"])
     for name, hp in FINAL_HP.items():
         for seed, noise in zip((0, 1, 2), NOISE):
+            stable = {"loss_spikes": LOSS_SPIKES[name][seed], "grad_spikes": GRAD_SPIKES[name][seed],
+                      "max_attn_logit": MAX_ATTN_LOGIT[name][seed]}
             write_run(out, "s", name, seed, hp, curve(SCALE[name], noise),
                       phases=("tune", "final") if seed == 0 else ("final",),
-                      step_time=STEP_TIME[name], state_bytes_per_param=STATE[name])
+                      step_time=STEP_TIME[name], state_bytes_per_param=STATE[name], summary_extra=stable,
+                      records=dynamics_records(name, seed) if name in UPDATE_RMS else ())
         for lr_factor, offset in ((0.1, 0.05), (10.0, 0.03)):
             tuned = {**hp, "lr": hp["lr"] * lr_factor}
             status = "diverged" if name == "muon" and lr_factor == 10.0 else "completed"

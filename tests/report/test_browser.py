@@ -27,7 +27,8 @@ def test_report_renders_in_chromium(tmp_path):
     assert sum(img["alt"].startswith("s: ") for img in verdict["images"]) >= 1
     assert verdict["leaderboards"] == {"s": 3}
     # 3 optimizers with final runs (target test), 3 pairs, 4 with tuning runs, 2 tuned keys each
+    # and the loss at k steps of 3 optimizers, the stability of 4 (sgd's tuning run counts)
     assert verdict["statistics"] == {"s": {"stats-target": 3, "stats-pairs": 3, "stats-burden": 4,
-                                           "stats-neighbours": 8}}
+                                           "stats-neighbours": 8, "loss-at-steps": 3, "stability": 4}}
     assert verdict["screenshot"] == str(shot.resolve())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

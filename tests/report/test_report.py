@@ -13,7 +13,7 @@ from optbench.errors import UserError
 from optbench.report import write_report
 from tests.report.synthetic import curve, power_law_bench, write_run, write_suite
 
-LEADERBOARD_COLUMNS = ["scenario", "rank", "optimizer", "n_final", "final_loss_mean", "final_loss_std", "hparams", "at_grid_edge",
+LEADERBOARD_COLUMNS = ["scenario", "rank", "optimizer", "n_final", "final_loss_mean", "final_loss_std", "final_ppl", "hparams", "at_grid_edge",
                        "tokens", "speedup", "steps_to_target", "wall_s_to_target", "step_time_s",
                        "step_time_ratio", "state_bytes_per_param", "state_ratio", "peak_mem_bytes", "p_value",
                        "tune_trials", "diverged", "pruned", "failed", "incomplete", "t_vs_target", "p_below_target",
@@ -30,7 +30,8 @@ def test_every_output_is_written_in_the_default_folder(report):
     out, paths = report
     assert set(paths) == {"markdown", "html", "leaderboard_csv", "runs_csv", "plots"}
     assert all(p.parent == layout.report_dir(out) for p in paths.values())
-    assert sorted(p.name for p in paths["plots"].glob("*.png")) == ["loss-s.png", "lr-s.png", "profile.png"]
+    assert sorted(p.name for p in paths["plots"].glob("*.png")) == ["loss-s.png", "lr-s.png", "profile.png", "time-s.png",
+                                                                        "update-rms-s.png"]
     assert all(p.stat().st_size > 5_000 for p in paths["plots"].glob("*.png"))
 
 
@@ -54,7 +55,7 @@ def test_runs_csv_has_every_run_with_flat_hyperparameters(report):
 def test_html_is_self_contained_with_one_row_per_optimizer(report):
     page = report[1]["html"].read_text()
     assert not re.search(r'(src|href)="(https?:|//)', page)
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 5
     board = re.search(r'<table class="leaderboard" data-scenario="s">.*?<tbody>(.*?)</tbody>', page, re.DOTALL)
     assert board.group(1).count("<tr>") == 3
     assert "E = 2, A = 50, α = 0.3" in page
