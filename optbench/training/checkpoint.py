@@ -1,22 +1,28 @@
-"""Checkpoints: one self-verifying file per saved step, written atomically, loaded without unpickling code.
+"""Checkpoints: one plain `torch.save` file per saved step with its SHA-256 beside it, written atomically and
+loaded without unpickling code.
 
-A file is a header line `optbench-checkpoint v1 sha256=<hex>` followed by a `torch.save` payload;
-the digest covers the payload, so a truncated or bit-flipped file is detected before it is read.
-Loading uses `weights_only=True`: a checkpoint holds only tensors and plain Python values.
+    checkpoints/step-00000100.pt          torch.save payload: `torch.load(path, weights_only=True)` reads it
+    checkpoints/step-00000100.pt.sha256   "<hex>  step-00000100.pt", as `sha256sum -c` reads it
 
-    checkpoints/step-00000100.pt    the last `run.keep_last` saves, plus every `run.keep_every`-th for good
+The payload is streamed to a temp file and renamed into place; the checksum file is written last, so it marks a
+complete save: a checkpoint without one (a save killed between the two renames) is not used. The digest is
+checked before the payload is read, so a truncated or bit-flipped file is detected, and loading uses
+`weights_only=True`: a checkpoint holds only tensors and plain Python values. Files of optbench's first format
+(a header line `optbench-checkpoint v1 sha256=<hex>` in front of the payload) still load.
 
-`CheckpointStore.latest()` returns the newest file that verifies, warning about each newer one that
-does not, so a crash while writing (or a damaged disk block) costs at most the steps since the
-previous save.
+`CheckpointStore` keeps the last `run.keep_last` saves plus every `run.keep_every`-th for good;
+`CheckpointStore.latest()` returns the newest checkpoint that verifies, warning about each newer one that does
+not, so a crash while writing (or a damaged disk block) costs at most the steps since the previous save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,36 +32,76 @@ import torch
 
 from optbench.training.rundir import write_atomic
 
-MAGIC = b"optbench-checkpoint v1 sha256="
+DIGEST_SUFFIX = ".sha256"
+LEGACY_MAGIC = b"optbench-checkpoint v1 sha256="
 PATTERN = re.compile(r"step-(\d{8,})\.pt")
+CHUNK = 1 << 20
 
 
 class CorruptCheckpoint(Exception):
-    """The file is truncated, altered or not an optbench checkpoint."""
+    """The file is truncated, altered, incomplete or not an optbench checkpoint."""
 
 
-def encode(payload: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    body = buffer.getvalue()
-    return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def decode(data: bytes, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    header, _, body = data.partition(b"\n")
-    if not header.startswith(MAGIC):
-        raise CorruptCheckpoint("missing optbench checkpoint header")
-    if hashlib.sha256(body).hexdigest().encode() != header[len(MAGIC):]:
-        raise CorruptCheckpoint("checksum mismatch (truncated or altered)")
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks (a checkpoint can be larger than the memory to spare)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(path: Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` to `path` atomically, then its checksum file; returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CorruptCheckpoint("holds objects other than tensors and plain values (refused unread)") from None
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        hexdigest = file_sha256(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_atomic(digest_path(path), f"{hexdigest}  {path.name}\n".encode())
+    return path
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify one checkpoint file; raises CorruptCheckpoint if it does not verify."""
-    return decode(Path(path).read_bytes(), map_location)
+    path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
+            return _load_legacy(path.read_bytes(), map_location)
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        raise CorruptCheckpoint(f"no checksum file {sidecar.name} beside it (a save that never finished, or not an "
+                                "optbench checkpoint)")
+    recorded = sidecar.read_text().split()
+    if not recorded or file_sha256(path) != recorded[0]:
+        raise CorruptCheckpoint("checksum mismatch (truncated or altered)")
+    return _torch_load(path, map_location)
+
+
+def _load_legacy(data: bytes, map_location: str | torch.device) -> dict[str, Any]:
+    header, _, body = data.partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != header[len(LEGACY_MAGIC):]:
+        raise CorruptCheckpoint("checksum mismatch (truncated or altered)")
+    return _torch_load(io.BytesIO(body), map_location)
+
+
+def _torch_load(source, map_location: str | torch.device) -> dict[str, Any]:
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CorruptCheckpoint("holds objects other than tensors and plain values (refused unread)") from None
 
 
 def step_of(path: Path) -> int | None:
@@ -81,8 +127,7 @@ class CheckpointStore:
         return sorted(s for p in self.folder.iterdir() if (s := step_of(p)) is not None)
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
-        path = self.path(step)
-        write_atomic(path, encode(payload))
+        path = save(self.path(step), payload)
         self._prune()
         return path
 
@@ -102,4 +147,5 @@ class CheckpointStore:
         recent = set(steps[-max(self.keep_last, 1):])
         for step in steps:
             if step not in recent and not (self.keep_every and step % self.keep_every == 0):
+                digest_path(self.path(step)).unlink(missing_ok=True)  # first: a .pt without one is unused
                 self.path(step).unlink(missing_ok=True)

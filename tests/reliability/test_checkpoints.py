@@ -1,6 +1,10 @@
 """Checkpoint files verify themselves; a damaged latest one falls back to the previous good one; a run
 directory is only resumed under its own config; loading never runs pickled code."""
 
+import hashlib
+import io
+import subprocess
+
 import pytest
 import torch
 
@@ -22,11 +26,53 @@ def test_a_checkpoint_round_trips_and_detects_damage(tmp_path):
     data = path.read_bytes()
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
-    for damaged, why in ((data[: len(data) // 2], "checksum"), (bytes(flipped), "checksum"),
-                         (data.partition(b"\n")[2], "header")):
+    for damaged in (data[: len(data) // 2], bytes(flipped)):
         path.write_bytes(damaged)
-        with pytest.raises(CorruptCheckpoint, match=why):
+        with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
             checkpoint.load(path)
+    path.write_bytes(data)
+    checkpoint.digest_path(path).unlink()
+    with pytest.raises(CorruptCheckpoint, match="no checksum file step-00000007.pt.sha256"):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_is_a_plain_torch_file_with_a_sha256sum_beside_it(tmp_path):
+    path = CheckpointStore(tmp_path).save(7, payload(7))
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], payload(7)["weights"])
+    assert checkpoint.digest_path(path).read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+    verified = subprocess.run(["sha256sum", "-c", checkpoint.digest_path(path).name], cwd=tmp_path,
+                              capture_output=True, text=True, check=False)
+    assert verified.returncode == 0 and verified.stdout == f"{path.name}: OK\n"
+
+
+def test_a_checkpoint_of_the_first_format_still_loads(tmp_path):
+    """optbench's first format: a header line with the payload's digest in front of the torch.save payload."""
+    buffer = io.BytesIO()
+    torch.save(payload(3), buffer)
+    body = buffer.getvalue()
+    path = tmp_path / "step-00000003.pt"
+    path.write_bytes(b"optbench-checkpoint v1 sha256=" + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    assert torch.equal(checkpoint.load(path)["weights"], payload(3)["weights"])
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
+        checkpoint.load(path)
+
+
+def test_a_save_killed_before_its_checksum_file_falls_back_to_the_previous_one(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.save(10, payload(10))
+
+    def killed(path, data):
+        raise KeyboardInterrupt  # the payload was renamed into place, the checksum file never written
+
+    monkeypatch.setattr(checkpoint, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(20, payload(20))
+    monkeypatch.undo()
+    assert store.path(20).exists() and not checkpoint.digest_path(store.path(20)).exists()
+    with pytest.warns(UserWarning, match="step-00000020.pt is unusable"):
+        path, state = store.latest()
+    assert path == store.path(10) and state["step"] == 10
 
 
 def test_retention_keeps_the_last_k_and_every_nth(tmp_path):
@@ -34,6 +80,7 @@ def test_retention_keeps_the_last_k_and_every_nth(tmp_path):
     for step in range(5, 35, 5):
         store.save(step, payload(step))
     assert store.steps() == [10, 20, 25, 30]
+    assert sorted(p.name for p in tmp_path.glob("*.sha256")) == [f"step-{s:08d}.pt.sha256" for s in (10, 20, 25, 30)]
     (tmp_path / ".step-00000035.pt.abc.tmp").write_bytes(b"a write killed half-way")
     assert store.steps() == [10, 20, 25, 30]
 

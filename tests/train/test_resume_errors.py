@@ -4,7 +4,6 @@ usable checkpoint. Each is one line and exit code 2 from `optbench train`, befor
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 
 import pytest
@@ -45,25 +44,25 @@ def test_a_folder_instead_of_a_checkpoint_file(tmp_path, tiny_overrides, capsys)
     assert f"run.dir={tmp_path / 'old'} run.resume=auto" in err
 
 
-def with_header(body: bytes) -> bytes:
-    """`body` behind a valid optbench header: it passes the checksum, so only reading it can fail."""
-    return checkpoint.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+def with_checksum(path, body: bytes) -> bytes:
+    """`body` with a matching checksum file beside `path`: it passes the digest, so only reading it can fail."""
+    checkpoint.digest_path(path).write_text(f"{hashlib.sha256(body).hexdigest()}  {path.name}\n")
+    return body
 
 
-def plain_torch_save() -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"model": {"w": torch.zeros(2)}}, buffer)
-    return buffer.getvalue()
+def pickled_object(path) -> bytes:
+    checkpoint.save(path, {"step": 1, "evil": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)})
+    return path.read_bytes()
 
 
 DAMAGE = {
-    "truncated": (lambda good: good[: len(good) // 2], "checksum mismatch (truncated or altered)"),
-    "bit-flipped": (lambda good: good[:-20] + bytes([good[-20] ^ 1]) + good[-19:], "checksum mismatch"),
-    "not-optbench": (lambda good: plain_torch_save(), "missing optbench checkpoint header"),
-    "pickled-object": (lambda good: checkpoint.encode({"step": 1, "evil": torch.optim.SGD(
-        [torch.zeros(1, requires_grad=True)], lr=0.1)}), "holds objects other than tensors"),
-    "not-a-zip": (lambda good: with_header(b"PK\x03\x04 no archive here"), "PytorchStreamReader failed"),
-    "empty-body": (lambda good: with_header(b""), "not a usable checkpoint: EOFError"),
+    "truncated": (lambda path, good: good[: len(good) // 2], "checksum mismatch (truncated or altered)"),
+    "bit-flipped": (lambda path, good: good[:-20] + bytes([good[-20] ^ 1]) + good[-19:], "checksum mismatch"),
+    "no-checksum-file": (lambda path, good: checkpoint.digest_path(path).unlink() or good,
+                         f"no checksum file step-00000010.pt.sha256 beside it"),
+    "pickled-object": (lambda path, good: pickled_object(path), "holds objects other than tensors"),
+    "not-a-zip": (lambda path, good: with_checksum(path, b"PK\x03\x04 no archive here"), "PytorchStreamReader failed"),
+    "empty-body": (lambda path, good: with_checksum(path, b""), "not a usable checkpoint: EOFError"),
 }
 
 
@@ -71,7 +70,7 @@ DAMAGE = {
 def test_a_damaged_checkpoint_file(tmp_path, tiny_overrides, capsys, damage):
     damage_fn, reason = DAMAGE[damage]
     path = CheckpointStore(tmp_path / "old").save(10, {"step": 10, "w": torch.arange(100.0)})
-    path.write_bytes(damage_fn(path.read_bytes()))
+    path.write_bytes(damage_fn(path, path.read_bytes()))
     err = refused(capsys, tmp_path, [*tiny_overrides, f"run.resume={path}"])
     assert f"run.resume={path} is not a usable checkpoint: " in err and reason in err
     assert not (tmp_path / "run").exists()
