@@ -1,4 +1,4 @@
-"""`optbench train|sample|export|data|model|optim|bench|report|compare|check-optimizer`: parse, call the library, map
+"""`optbench train|sample|export|data|model|optim|bench|report|dashboard|compare|check-optimizer`: parse, call the library, map
 UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
@@ -208,25 +208,44 @@ def _print_progress(rows: list[dict]) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optbench.bench import layout
     from optbench.report import write_report
 
-    source = Path(args.source)
-    if not source.is_dir() and len(source.parts) == 1 and layout.default_out(args.source).is_dir():
-        source = layout.default_out(args.source)  # a suite's name, shipped or the user's own: bench/<name>
+    written = write_report(_results_folder(args.source), Path(args.out) if args.out else None)
+    print(f"report written to {written['html']}, {written['markdown']} and {written['leaderboard_csv']}")
+    return 0
+
+
+def _results_folder(given: str):
+    """A bench results folder from what the user typed: the folder itself, or a suite's name (bench/<name>)."""
+    from pathlib import Path
+
+    from optbench.bench import layout
+
+    source = Path(given)
+    if not source.is_dir() and len(source.parts) == 1 and layout.default_out(given).is_dir():
+        source = layout.default_out(given)  # a suite's name, shipped or the user's own: bench/<name>
     if not source.is_dir():
         from optbench.bench.suite import resolve_path
 
-        if source.suffix != ".yaml" and (len(source.parts) > 1 or args.source.startswith(".")):
-            raise UserError(f"no results folder at {args.source}; give a results folder (the --out of "
+        if source.suffix != ".yaml" and (len(source.parts) > 1 or given.startswith(".")):
+            raise UserError(f"no results folder at {given}; give a results folder (the --out of "
                             "`optbench bench`) or a suite's name")
-        resolve_path(args.source)  # a suite's name: its results are in bench/<name>
-        source = layout.default_out(args.source)
+        resolve_path(given)  # a suite's name: its results are in bench/<name>
+        source = layout.default_out(given)
         if not source.is_dir():
-            raise UserError(f"no results for suite '{args.source}' in {source}; run `optbench bench {args.source}` "
+            raise UserError(f"no results for suite '{given}' in {source}; run `optbench bench {given}` "
                             "first or give the results folder")
-    written = write_report(source, Path(args.out) if args.out else None)
-    print(f"report written to {written['html']}, {written['markdown']} and {written['leaderboard_csv']}")
+    return source
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optbench.bench import dashboard
+
+    out = _results_folder(args.source) if args.source else None
+    try:
+        dashboard.serve(dashboard.storage_url(out, args.storage), args.host, args.port)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -295,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_parser("list", help="optimizers, defaults and references").set_defaults(func=cmd_optim_list)
 
     bench = commands.add_parser("bench", help="tune and compare optimizers over a suite's scenarios")
-    bench.add_argument("suite", help="a shipped suite (tiny, small, epfl-124m, s4s-stage1, pylo-gpt2, modded-soap) "
-                                     "or a suite .yaml file")
+    bench.add_argument("suite", help="a shipped suite (tiny, small, epfl-124m, s4s-stage1, s4s-stage2, pylo-gpt2, "
+                                     "modded-soap) or a suite .yaml file")
     bench.add_argument("--out", help="results folder (default bench/<suite>); rerunning into it resumes")
     bench.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db; postgresql://... "
                                          "for workers on many machines)")
@@ -313,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("source", help="a suite name (reads bench/<suite>) or a bench results folder")
     report.add_argument("--out", help="where to write (default SOURCE/report)")
     report.set_defaults(func=cmd_report)
+
+    board = commands.add_parser("dashboard", help="optuna-dashboard on a bench's studies, live while it runs "
+                                                  "(the dashboard extra)")
+    board.add_argument("source", nargs="?", help="a suite name (reads bench/<suite>) or a bench results folder")
+    board.add_argument("--storage", help="the bench's Optuna storage URL instead (e.g. postgresql://...)")
+    board.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    board.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    board.set_defaults(func=cmd_dashboard)
 
     compare = commands.add_parser("compare", help="compare run directories: table, loss curves, Markdown and HTML")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories of `optbench train`")
