@@ -12,7 +12,6 @@ Nothing of the real bench is touched: no study database, no OUT/suite.yaml, none
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import shutil
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from optbench.bench import layout
+from optbench.bench.plan import grid
 from optbench.bench.smoke_config import STEPS, smoke_config, smoke_tokenizer, smoke_weights
 from optbench.bench.suite import OptimizerEntry, Scenario, Suite, load_suite, run_overrides, search_space
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.optim.search_space import grid_points
 
 
 @dataclass
@@ -94,12 +93,6 @@ def compose_all(suite: Suite) -> list[Trial]:
         configs = [compose_trial(suite, scenario, entry, point) for point in points]
         trials.append(Trial(scenario, entry, configs[0], len(points)))
     return trials
-
-
-def grid(space: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the dimensions' grid points, the first points first."""
-    keys = list(space)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid_points(space[k]) for k in keys))]
 
 
 def compose_trial(suite: Suite, scenario: Scenario, entry: OptimizerEntry, point: dict[str, Any]) -> Config:
