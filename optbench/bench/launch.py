@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from rich.console import Console
 
 from optbench import plugins
 from optbench.bench import layout
+from optbench.bench.live import LiveView
 from optbench.bench.plan import load_study, tuning_phase
 from optbench.bench.protocol import as_plain, as_plain_entry, differences, freeze, freeze_entry, thawed
 from optbench.bench.storage import open_storage
@@ -159,28 +161,31 @@ def run_local(suite: Suite, out: Path, url: str, workers: int | None = None) -> 
                 proc.send_signal(signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        for slot in range(n):
-            procs[slot] = spawn_worker(suite, out, url, slot, threads)
-        while procs:
-            time.sleep(0.5)
-            for slot, proc in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del procs[slot]
-                if code != 0 and stop["signal"] is None:
-                    restarts += 1
-                    if restarts > RESTARTS_PER_WORKER * n:
-                        raise UserError(f"workers keep dying (last exit code {code}); see {layout.worker_log(out, str(slot))}")
-                    procs[slot] = spawn_worker(suite, out, url, slot, threads)
-    except KeyboardInterrupt:
-        forward(signal.SIGINT, None)
-        raise Stopped(signal.SIGINT) from None
-    finally:
-        for proc in procs.values():
-            proc.wait()
-        signal.signal(signal.SIGTERM, previous)
+    with LiveView(suite, open_storage(url, suite.execution), n, Console(stderr=True)) as view:
+        try:
+            for slot in range(n):
+                procs[slot] = spawn_worker(suite, out, url, slot, threads)
+            while procs:
+                time.sleep(0.5)
+                view.refresh()
+                for slot, proc in list(procs.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del procs[slot]
+                    if code != 0 and stop["signal"] is None:
+                        restarts += 1
+                        if restarts > RESTARTS_PER_WORKER * n:
+                            raise UserError(f"workers keep dying (last exit code {code}); "
+                                            f"see {layout.worker_log(out, str(slot))}")
+                        procs[slot] = spawn_worker(suite, out, url, slot, threads)
+        except KeyboardInterrupt:
+            forward(signal.SIGINT, None)
+            raise Stopped(signal.SIGINT) from None
+        finally:
+            for proc in procs.values():
+                proc.wait()
+            signal.signal(signal.SIGTERM, previous)
     if stop["signal"] is not None:
         raise Stopped(stop["signal"])
 
