@@ -1,0 +1,164 @@
+"""`optbench eval run.dir=DIR tasks=a,b`: a run's model on lm-evaluation-harness tasks, into DIR/downstream.json.
+
+    downstream.json   {"lm_eval_version", "step", "weights", "num_fewshot", "limit",
+                       "tasks": {task: {"metrics": {"acc": ..}, "stderr": {"acc": ..}, "n_samples", "n_documents",
+                                        "num_fewshot", "version", "hash"}}}
+
+`metrics` are lm-eval's, keyed by metric name (with ",filter" for a filter other than lm-eval's "none"); `hash`
+is lm-eval's task hash (over each evaluated document, prompt and target), so two files evaluated on the same
+examples say so. Every check (run directory, weights, lm-eval installed, task names) runs before the model is
+loaded, and the file is written atomically at the end, so a bad command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from optbench import data as datalib
+from optbench import models
+from optbench.config.schema import Config
+from optbench.downstream.tasks import require_lm_eval, task_manager
+from optbench.errors import UserError, check, check_choice
+from optbench.export.run import WEIGHTS, read_config, read_weights
+from optbench.training import device as hw
+from optbench.training.rundir import write_json
+from optbench.training.sample import RunRef
+
+RESULT_FILE = "downstream.json"
+KEYS = "run.dir, tasks, limit, batch_size, num_fewshot, device, tasks_dir, weights"
+
+
+@dataclass
+class EvalRequest:
+    """What `optbench eval` accepts (key=value, checked like any config)."""
+
+    run: RunRef = field(default_factory=RunRef)
+    tasks: str = ""
+    """Comma-separated lm-eval task names."""
+    limit: int | None = None
+    batch_size: int | None = None
+    """None: the run's eval.batch_size, else its train.batch_size."""
+    num_fewshot: int | None = None
+    """None: each task's own default."""
+    device: str = "auto"
+    tasks_dir: str | None = None
+    weights: str = "model"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to evaluate, whoever asked (the command line or the end of training)."""
+
+    tasks: list[str]
+    limit: int | None = None
+    batch_size: int | None = None
+    num_fewshot: int | None = None
+    device: str = "auto"
+    tasks_dir: str | None = None
+    weights: str = "model"
+
+
+def parse_request(overrides: list[str]) -> tuple[Path, Options]:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EvalRequest), OmegaConf.from_dotlist(overrides))
+        request = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(f"optbench eval: {str(err).splitlines()[0]}; valid keys: {KEYS}") from None
+    check(bool(request.run.dir), "optbench eval needs run.dir=DIR (a run directory with a checkpoint)")
+    check(bool(request.tasks), "optbench eval needs tasks=NAME[,NAME...] (lm-eval tasks, e.g. hellaswag,arc_easy)")
+    check_choice("weights", request.weights, WEIGHTS)
+    for key in ("limit", "batch_size"):
+        value = getattr(request, key)
+        check(value is None or value > 0, f"{key}={value} must be positive")
+    check(request.num_fewshot is None or request.num_fewshot >= 0,
+          f"num_fewshot={request.num_fewshot} must be >= 0")
+    tasks = [name.strip() for name in request.tasks.split(",") if name.strip()]
+    return Path(request.run.dir), Options(tasks, request.limit, request.batch_size, request.num_fewshot,
+                                          request.device, request.tasks_dir, request.weights)
+
+
+def eval_from_cli(overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """`optbench eval`: evaluate the run the overrides name; returns the file written and what it holds."""
+    run_dir, options = parse_request(overrides)
+    return run_dir / RESULT_FILE, evaluate_run(run_dir, options)
+
+
+def check_before_training(cfg: Config) -> None:
+    """eval.downstream's tasks must exist before the run does (its end is too late to learn of a typo)."""
+    ev = cfg.eval
+    if ev.downstream:
+        require_lm_eval("eval.downstream")
+        task_manager(ev.downstream, ev.downstream_tasks_dir, "eval.downstream")
+
+
+def after_training(cfg: Config, run_dir: Path, device: torch.device) -> None:
+    """The trainer's eval.downstream: its tasks on the run's final checkpoint, into the run directory."""
+    ev = cfg.eval
+    evaluate_run(run_dir, Options(list(ev.downstream), ev.downstream_limit, device=str(device),
+                                  tasks_dir=ev.downstream_tasks_dir), key="eval.downstream")
+
+
+def evaluate_run(run_dir: Path, options: Options, key: str = "tasks") -> dict[str, Any]:
+    """Run `options.tasks` on the run's model and write downstream.json; `key` names the option in errors."""
+    cfg = read_config(run_dir)
+    require_lm_eval(f"evaluating {key}")
+    manager = task_manager(options.tasks, options.tasks_dir, key)
+    step, weights = read_weights(run_dir, options.weights)
+    results = lm_eval_results(cfg, weights, manager, options)
+    record = {"lm_eval_version": importlib.metadata.version("lm_eval"), "step": step, "weights": options.weights,
+              "num_fewshot": options.num_fewshot, "limit": options.limit,
+              "tasks": {name: task_record(name, results) for name in results["results"]}}
+    write_json(run_dir / RESULT_FILE, record)
+    return record
+
+
+def lm_eval_results(cfg: Config, weights: dict[str, torch.Tensor], manager, options: Options) -> dict[str, Any]:
+    """lm-eval's results dict for the run's model with `weights` on `options.tasks`."""
+    from lm_eval import evaluator
+
+    from optbench.downstream.adapter import OptbenchLM
+
+    device = hw.resolve_device(options.device)
+    prepared = datalib.load(cfg.data, progress=False)
+    model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
+    model.load_state_dict(weights)
+    batch_size = options.batch_size or cfg.eval.batch_size or cfg.train.batch_size
+    lm = OptbenchLM(model.to(device).eval(), prepared.tokenizer(), cfg.train.seq_len, prepared.vocab_size, device,
+                    hw.resolve_dtype(cfg.train.dtype, device), batch_size)
+    with hw.threads(cfg.train):  # the run's train.threads, as it trained
+        # log_samples: lm-eval's task hash is computed over the samples
+        return evaluator.simple_evaluate(model=lm, tasks=list(options.tasks), num_fewshot=options.num_fewshot,
+                                         limit=options.limit, batch_size=batch_size, task_manager=manager,
+                                         log_samples=True)
+
+
+def task_record(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """One task's entry of downstream.json from lm-eval's results (a group has metrics only)."""
+    metrics, stderr = {}, {}
+    for raw_key, value in results["results"][name].items():
+        metric, sep, filter_name = raw_key.partition(",")
+        if not sep:  # alias, name, sample_len: descriptions, not metrics
+            continue
+        label = metric.removesuffix("_stderr") + ("" if filter_name == "none" else f",{filter_name}")
+        number = float(value) if isinstance(value, (int, float)) else None  # stderr "N/A" without bootstrap
+        (stderr if metric.endswith("_stderr") else metrics)[label] = number
+    counts = results.get("n-samples", {}).get(name, {})
+    return {"metrics": metrics, "stderr": stderr, "n_samples": counts.get("effective"),
+            "n_documents": counts.get("original"), "num_fewshot": results.get("n-shot", {}).get(name),
+            "version": results.get("versions", {}).get(name), "hash": task_hash(results.get("samples", {}).get(name))}
+
+
+def task_hash(samples: list[dict[str, Any]] | None) -> str | None:
+    """lm-eval's task hash (as its EvaluationTracker writes it): over every sample's document, prompt and target."""
+    if samples is None:
+        return None
+    from lm_eval.utils import hash_string
+
+    return hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in samples))
