@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -28,7 +28,7 @@ DOCS = [  # question, choices, gold: the corpus is "N the quick brown fox jumps 
     ("the lazy", ["fox", "dog", "quick box"], 1),
     ("with five", ["dozen jugs", "dog", "my"], 0),
     ("brown fox", ["jumps", "packs", "the dog"], 0),
-    ("a box with", ["five", "six", "lazy"], 2),
+    ("over the", ["lazy dog", "box", "fox"], 0),
 ]
 
 
@@ -92,3 +92,15 @@ def continuation_logprob(model, tokenizer, context: str, continuation: str, seq_
     inputs = whole[:-1][-seq_len:]
     logprobs = token_logprobs(model, inputs)
     return sum(logprobs[len(inputs) - n + k, whole[len(whole) - n + k]].item() for k in range(n))
+
+
+def hand_computed(run_dir: Path, docs=DOCS) -> tuple[float, float]:
+    """(acc, acc_norm) by lm-eval's definitions: the choice of highest log-likelihood (per character of the choice
+    for acc_norm) against the gold one, each choice scored after the question and lm-eval's " " delimiter."""
+    model, tokenizer, _ = load_run(run_dir)
+    right, right_norm = [], []
+    for question, choices, gold in docs:
+        logprobs = np.array([continuation_logprob(model, tokenizer, question, " " + c) for c in choices])
+        right.append(int(np.argmax(logprobs)) == gold)
+        right_norm.append(int(np.argmax(logprobs / [len(c) for c in choices])) == gold)
+    return float(np.mean(right)), float(np.mean(right_norm))
