@@ -162,12 +162,14 @@ class OptbenchLM(LM):
     # ----------------------------------------------------------------------------- generation
 
     def _generation_job(self, context: str, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A request's context ids (cut from the left to seq_len), stop strings and token budget."""
-        until = gen_kwargs.get("until")
-        if until is None:  # lm-eval's default: stop at the end-of-text token's text
-            until = [self.tokenizer.decode([self.tokenizer.eot])] if self.tokenizer.eot is not None else []
+        """A request's context ids (cut from the left to seq_len), stop strings and token budget. Sampling settings
+        (do_sample, temperature) are not read: decoding is greedy."""
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        if self.tokenizer.eot is not None:  # as lm-eval's HFLM: the end-of-text token ends every generation
+            until.append(self.tokenizer.decode([self.tokenizer.eot]))
         ids = self.tokenizer.encode(context) if context else [self.prefix]
-        return {"ids": ids[-self.max_len:], "until": [until] if isinstance(until, str) else list(until),
+        return {"ids": ids[-self.max_len:], "until": until,
                 "max_gen_toks": int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))}
 
     @torch.no_grad()

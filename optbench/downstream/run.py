@@ -37,7 +37,8 @@ KEYS = "run.dir, tasks, limit, batch_size, num_fewshot, device, tasks_dir, weigh
 
 @dataclass
 class EvalRequest:
-    """What `optbench eval` accepts (key=value, checked like any config)."""
+    """What to evaluate and how: `optbench eval`'s key=value arguments (checked like any config), or eval.downstream's
+    settings at the end of training."""
 
     run: RunRef = field(default_factory=RunRef)
     tasks: str = ""
@@ -51,43 +52,32 @@ class EvalRequest:
     tasks_dir: str | None = None
     weights: str = "model"
 
-
-@dataclass(frozen=True)
-class Options:
-    """How to evaluate, whoever asked (the command line or the end of training)."""
-
-    tasks: list[str]
-    limit: int | None = None
-    batch_size: int | None = None
-    num_fewshot: int | None = None
-    device: str = "auto"
-    tasks_dir: str | None = None
-    weights: str = "model"
+    def task_names(self) -> list[str]:
+        return [name.strip() for name in self.tasks.split(",") if name.strip()]
 
 
-def parse_request(overrides: list[str]) -> tuple[Path, Options]:
+def parse_request(overrides: list[str]) -> EvalRequest:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(EvalRequest), OmegaConf.from_dotlist(overrides))
         request = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise UserError(f"optbench eval: {str(err).splitlines()[0]}; valid keys: {KEYS}") from None
     check(bool(request.run.dir), "optbench eval needs run.dir=DIR (a run directory with a checkpoint)")
-    check(bool(request.tasks), "optbench eval needs tasks=NAME[,NAME...] (lm-eval tasks, e.g. hellaswag,arc_easy)")
+    check(bool(request.task_names()), "optbench eval needs tasks=NAME[,NAME...] (lm-eval tasks, e.g. "
+                                      "hellaswag,arc_easy)")
     check_choice("weights", request.weights, WEIGHTS)
     for key in ("limit", "batch_size"):
         value = getattr(request, key)
         check(value is None or value > 0, f"{key}={value} must be positive")
     check(request.num_fewshot is None or request.num_fewshot >= 0,
           f"num_fewshot={request.num_fewshot} must be >= 0")
-    tasks = [name.strip() for name in request.tasks.split(",") if name.strip()]
-    return Path(request.run.dir), Options(tasks, request.limit, request.batch_size, request.num_fewshot,
-                                          request.device, request.tasks_dir, request.weights)
+    return request
 
 
 def eval_from_cli(overrides: list[str]) -> tuple[Path, dict[str, Any]]:
     """`optbench eval`: evaluate the run the overrides name; returns the file written and what it holds."""
-    run_dir, options = parse_request(overrides)
-    return run_dir / RESULT_FILE, evaluate_run(run_dir, options)
+    request = parse_request(overrides)
+    return Path(request.run.dir) / RESULT_FILE, evaluate_run(request)
 
 
 def check_before_training(cfg: Config) -> None:
@@ -101,48 +91,52 @@ def check_before_training(cfg: Config) -> None:
 def after_training(cfg: Config, run_dir: Path, device: torch.device) -> None:
     """The trainer's eval.downstream: its tasks on the run's final checkpoint, into the run directory."""
     ev = cfg.eval
-    evaluate_run(run_dir, Options(list(ev.downstream), ev.downstream_limit, device=str(device),
-                                  tasks_dir=ev.downstream_tasks_dir), key="eval.downstream")
+    request = EvalRequest(RunRef(str(run_dir)), ",".join(ev.downstream), ev.downstream_limit, device=str(device),
+                          tasks_dir=ev.downstream_tasks_dir)
+    evaluate_run(request, key="eval.downstream")
 
 
-def evaluate_run(run_dir: Path, options: Options, key: str = "tasks") -> dict[str, Any]:
-    """Run `options.tasks` on the run's model and write downstream.json; `key` names the option in errors."""
+def evaluate_run(request: EvalRequest, key: str = "tasks") -> dict[str, Any]:
+    """Run the request's tasks on the run's model and write downstream.json; `key` names the task option in errors."""
+    run_dir = Path(request.run.dir)
     cfg = read_config(run_dir)
     require_lm_eval(f"evaluating {key}")
-    manager = task_manager(options.tasks, options.tasks_dir, key)
-    step, weights = read_weights(run_dir, options.weights)
-    results = lm_eval_results(cfg, weights, manager, options)
-    record = {"lm_eval_version": importlib.metadata.version("lm_eval"), "step": step, "weights": options.weights,
-              "num_fewshot": options.num_fewshot, "limit": options.limit,
-              "tasks": {name: task_record(name, results) for name in results["results"]}}
+    manager = task_manager(request.task_names(), request.tasks_dir, key)
+    step, weights = read_weights(run_dir, request.weights)
+    results = lm_eval_results(cfg, weights, manager, request)
+    record = {"lm_eval_version": importlib.metadata.version("lm_eval"), "step": step, "weights": request.weights,
+              "num_fewshot": request.num_fewshot, "limit": request.limit,
+              "tasks": {name: task_record(name, metrics, results)
+                        for name, metrics in {**results["results"], **results.get("groups", {})}.items()}}
     write_json(run_dir / RESULT_FILE, record)
     return record
 
 
-def lm_eval_results(cfg: Config, weights: dict[str, torch.Tensor], manager, options: Options) -> dict[str, Any]:
-    """lm-eval's results dict for the run's model with `weights` on `options.tasks`."""
+def lm_eval_results(cfg: Config, weights: dict[str, torch.Tensor], manager, request: EvalRequest) -> dict[str, Any]:
+    """lm-eval's results dict for the run's model with `weights` on the request's tasks."""
     from lm_eval import evaluator
 
     from optbench.downstream.adapter import OptbenchLM
 
-    device = hw.resolve_device(options.device)
+    device = hw.resolve_device(request.device)
     prepared = datalib.load(cfg.data, progress=False)
     model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
     model.load_state_dict(weights)
-    batch_size = options.batch_size or cfg.eval.batch_size or cfg.train.batch_size
+    batch_size = request.batch_size or cfg.eval.batch_size or cfg.train.batch_size
     lm = OptbenchLM(model.to(device).eval(), prepared.tokenizer(), cfg.train.seq_len, prepared.vocab_size, device,
                     hw.resolve_dtype(cfg.train.dtype, device), batch_size)
     with hw.threads(cfg.train):  # the run's train.threads, as it trained
         # log_samples: lm-eval's task hash is computed over the samples
-        return evaluator.simple_evaluate(model=lm, tasks=list(options.tasks), num_fewshot=options.num_fewshot,
-                                         limit=options.limit, batch_size=batch_size, task_manager=manager,
+        return evaluator.simple_evaluate(model=lm, tasks=request.task_names(), num_fewshot=request.num_fewshot,
+                                         limit=request.limit, batch_size=batch_size, task_manager=manager,
                                          log_samples=True)
 
 
-def task_record(name: str, results: dict[str, Any]) -> dict[str, Any]:
-    """One task's entry of downstream.json from lm-eval's results (a group has metrics only)."""
+def task_record(name: str, reported: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """One task's entry of downstream.json: what lm-eval `reported` for it, with its counts, version and hash from
+    the rest of `results` (a group, aggregating its tasks, has none of those)."""
     metrics, stderr = {}, {}
-    for raw_key, value in results["results"][name].items():
+    for raw_key, value in reported.items():
         metric, sep, filter_name = raw_key.partition(",")
         if not sep:  # alias, name, sample_len: descriptions, not metrics
             continue
