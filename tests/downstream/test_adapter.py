@@ -135,9 +135,15 @@ def test_generate_until_stops_at_the_first_stop_string_or_the_budget(char_run):
     contexts = ["the quick brown", "1 the quick brown fox", TEXT[:100], "over the lazy d"]  # two of one length
     texts = [greedy_text(model, tokenizer, context, 12, vocab) for context in contexts]
     stops = [text[4:6] for text in texts]  # a stop string the greedy text holds after a few characters
+    forwards = []
+    hook = lm.model.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape))
     got = lm.generate_until(requests("generate_until",
                                      *((c, {"until": [s, "zzz"], "max_gen_toks": 12}) for c, s in zip(contexts, stops))))
+    hook.remove()
     assert got == [text[:text.index(stop)] for text, stop in zip(texts, stops)]
     assert all(stop not in text for text, stop in zip(got, stops))
+    # three batches (the two 15-character contexts together), each done once its rows have met their stop string
+    # (by their 6th character) instead of running to the budget of 12
+    assert len(forwards) <= 3 * 6 and all(shape[1] <= SEQ_LEN for shape in forwards)
     budget = lm.generate_until(requests("generate_until", (contexts[0], {"until": [], "max_gen_toks": 7})))
     assert budget == [texts[0][:7]]
