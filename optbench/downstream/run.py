@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -42,7 +43,7 @@ class EvalRequest:
 
     run: RunRef = field(default_factory=RunRef)
     tasks: str = ""
-    """Comma-separated lm-eval task names."""
+    """lm-eval task names, comma-separated (brackets around them allowed, as eval.downstream=[a,b] is written)."""
     limit: int | None = None
     batch_size: int | None = None
     """None: the run's eval.batch_size, else its train.batch_size."""
@@ -53,14 +54,18 @@ class EvalRequest:
     weights: str = "model"
 
     def task_names(self) -> list[str]:
-        return [name.strip() for name in self.tasks.split(",") if name.strip()]
+        names = self.tasks.strip().removeprefix("[").removesuffix("]").split(",")
+        return [name.strip() for name in names if name.strip()]
 
 
 def parse_request(overrides: list[str]) -> EvalRequest:
+    # tasks stays the text typed: parsed as YAML, `tasks=a, b` or `tasks=[a,b]` would not be a string
+    text = {key: value for key, sep, value in (o.partition("=") for o in overrides) if sep and key == "tasks"}
+    rest = [o for o in overrides if o.partition("=")[0] != "tasks"]
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(EvalRequest), OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(OmegaConf.structured(EvalRequest), OmegaConf.from_dotlist(rest), text)
         request = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise UserError(f"optbench eval: {str(err).splitlines()[0]}; valid keys: {KEYS}") from None
     check(bool(request.run.dir), "optbench eval needs run.dir=DIR (a run directory with a checkpoint)")
     check(bool(request.task_names()), "optbench eval needs tasks=NAME[,NAME...] (lm-eval tasks, e.g. "

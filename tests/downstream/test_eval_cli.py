@@ -42,7 +42,7 @@ def test_eval_gives_the_hand_computed_accuracy(run_dir, tasks_dir, cli):
 
 def test_limit_evaluates_the_first_examples(run_dir, tasks_dir, cli):
     lm_eval()
-    result = cli("eval", f"run.dir={run_dir}", "tasks=tiny_mc", f"tasks_dir={tasks_dir}", "limit=3")
+    result = cli("eval", f"run.dir={run_dir}", "tasks=[tiny_mc]", f"tasks_dir={tasks_dir}", "limit=3")
     assert result.returncode == 0, result.stderr
     entry = json.loads((run_dir / "downstream.json").read_text())["tasks"]["tiny_mc"]
     assert entry["n_samples"] == 3 and entry["metrics"]["acc"] == hand_computed(run_dir, DOCS[:3])[0]
@@ -63,11 +63,12 @@ def config_only_run(folder: Path) -> Path:
     (["run.dir={run}", "tasks=tiny_mc", "weights=averaged"], "kept no weight average"),
     (["run.dir={run}", "tasks=tiny_mc", "shots=5"], "Key 'shots' not in 'EvalRequest'; valid keys: run.dir, tasks"),
     (["run.dir={run}", "tasks=tiny_mc", "limit=0"], "limit=0 must be positive"),
+    (["run.dir={run}", "tasks=tiny_mc", "limit=, "], "optbench eval: while parsing a block node; valid keys:"),
     (["run.dir={run}", "tasks=tiny_mc", "tasks_dir=/no/such/tasks"], "tasks_dir=/no/such/tasks is not a folder"),
     (["run.dir={config_only}", "tasks=tiny_mc"], "has no usable checkpoint"),
     (["run.dir={not_a_run}", "tasks=tiny_mc"], "its config.yaml is not an optbench training run's (Missing key model)"),
-], ids=["no-run-dir", "no-tasks", "no-run", "bad-weights", "no-average", "bad-key", "bad-limit", "no-tasks-dir",
-        "no-checkpoint", "not-a-training-run"])
+], ids=["no-run-dir", "no-tasks", "no-run", "bad-weights", "no-average", "bad-key", "bad-limit", "bad-yaml",
+        "no-tasks-dir", "no-checkpoint", "not-a-training-run"])
 def test_bad_input_is_one_line_and_exit_2(run_dir, tasks_dir, tmp_path, cli, args, needle):
     lm_eval()
     (tmp_path / "not-a-run").mkdir()
