@@ -135,29 +135,30 @@ class OptbenchLM(LM):
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
         batches = list(_chunks(order, self.batch_size))
         for batch in tqdm(batches, desc=what, disable=None):
-            logprobs = self._logprobs([rows[i].tokens for i in batch])
+            logits = self._logits([rows[i].tokens for i in batch])
             for j, i in enumerate(batch):
-                results[i] = self._row_score(logprobs[j], rows[i])
+                results[i] = self._row_score(logits[j], rows[i])
         return results
 
-    def _row_score(self, logprobs: torch.Tensor, row: Row) -> tuple[float, bool]:
+    def _row_score(self, logits: torch.Tensor, row: Row) -> tuple[float, bool]:
         end = len(row.tokens)
-        scored = logprobs[end - len(row.targets):end]  # position p predicts the token after tokens[p]
+        # position p predicts the token after tokens[p]; only the scored positions are normalised (a batch's full
+        # log-softmax over a 50k vocabulary would be gigabytes)
+        scored = F.log_softmax(logits[end - len(row.targets):end].float(), dim=-1)
         targets = torch.tensor(row.targets, dtype=torch.long, device=scored.device)
         picked = scored.gather(-1, targets[:, None]).squeeze(-1)
         greedy = bool((scored[:, :self.vocab_limit].argmax(-1) == targets).all())
         return float(picked.sum()), greedy
 
-    def _logprobs(self, sequences: list[list[int]]) -> torch.Tensor:
-        """(batch, longest, vocab) log-softmax of the model's logits; shorter rows padded on the right with id 0,
-        which a causal model's earlier positions never see."""
+    def _logits(self, sequences: list[list[int]]) -> torch.Tensor:
+        """(batch, longest, vocab) logits; shorter rows padded on the right with id 0, which a causal model's earlier
+        positions never see."""
         longest = max(len(s) for s in sequences)
         batch = torch.zeros(len(sequences), longest, dtype=torch.long)
         for j, tokens in enumerate(sequences):
             batch[j, :len(tokens)] = torch.tensor(tokens)
         with hw.autocast(self._device, self.dtype):
-            logits = self.model(batch.to(self._device))
-        return F.log_softmax(logits.float(), dim=-1)
+            return self.model(batch.to(self._device))
 
     # ----------------------------------------------------------------------------- generation
 
