@@ -33,6 +33,8 @@ from optbench.training.rundir import write_json
 from optbench.training.sample import RunRef
 
 RESULT_FILE = "downstream.json"
+DATA_HINT = ("offline, set HF_DATASETS_OFFLINE=1 with the datasets in the Hugging Face cache, or point the task at "
+             "local files from a tasks_dir YAML (README: optbench eval)")
 KEYS = "run.dir, tasks, limit, batch_size, num_fewshot, device, tasks_dir, weights"
 
 
@@ -98,7 +100,11 @@ def after_training(cfg: Config, run_dir: Path, device: torch.device) -> None:
     ev = cfg.eval
     request = EvalRequest(RunRef(str(run_dir)), ",".join(ev.downstream), ev.downstream_limit, device=str(device),
                           tasks_dir=ev.downstream_tasks_dir)
-    evaluate_run(request, key="eval.downstream")
+    try:
+        evaluate_run(request, key="eval.downstream")
+    except UserError as err:  # the run itself is complete and saved: say so, and how to evaluate it later
+        raise UserError(f"training completed in {run_dir}, but eval.downstream failed: {err}; once fixed, run "
+                        f"`optbench eval run.dir={run_dir} tasks={request.tasks}`") from None
 
 
 def evaluate_run(request: EvalRequest, key: str = "tasks") -> dict[str, Any]:
@@ -130,11 +136,14 @@ def lm_eval_results(cfg: Config, weights: dict[str, torch.Tensor], manager, requ
     batch_size = request.batch_size or cfg.eval.batch_size or cfg.train.batch_size
     lm = OptbenchLM(model.to(device).eval(), prepared.tokenizer(), cfg.train.seq_len, prepared.vocab_size, device,
                     hw.resolve_dtype(cfg.train.dtype, device), batch_size)
-    with hw.threads(cfg.train):  # the run's train.threads, as it trained
-        # log_samples: lm-eval's task hash is computed over the samples
-        return evaluator.simple_evaluate(model=lm, tasks=request.task_names(), num_fewshot=request.num_fewshot,
-                                         limit=request.limit, batch_size=batch_size, task_manager=manager,
-                                         log_samples=True)
+    try:
+        with hw.threads(cfg.train):  # the run's train.threads, as it trained
+            # log_samples: lm-eval's task hash is computed over the samples
+            return evaluator.simple_evaluate(model=lm, tasks=request.task_names(), num_fewshot=request.num_fewshot,
+                                             limit=request.limit, batch_size=batch_size, task_manager=manager,
+                                             log_samples=True)
+    except (ConnectionError, FileNotFoundError) as err:  # a task's dataset: not on this machine, no network
+        raise UserError(f"a task's data cannot be loaded ({str(err).splitlines()[0]}); {DATA_HINT}") from None
 
 
 def task_record(name: str, reported: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,14 @@ def test_an_unknown_task_is_named_with_the_closest_ones(run_dir, tasks_dir, cli)
                    "unknown task 'hellaswg' in tasks; valid: hellaswag", [run_dir])
 
 
+def test_a_task_whose_data_is_missing_is_one_line(run_dir, tmp_path, cli):
+    lm_eval()
+    tasks = write_task(tmp_path / "tasks")
+    (tasks / "tiny_mc.jsonl").unlink()
+    assert_refused(cli, [f"run.dir={run_dir}", "tasks=tiny_mc", f"tasks_dir={tasks}"],
+                   "a task's data cannot be loaded (", [run_dir])
+
+
 def test_a_missing_lm_eval_is_one_line_naming_the_extra(run_dir, tasks_dir, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` raises ImportError
     assert_refused(cli, [f"run.dir={run_dir}", "tasks=tiny_mc", f"tasks_dir={tasks_dir}"],

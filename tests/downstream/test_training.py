@@ -24,6 +24,17 @@ def test_eval_downstream_writes_downstream_json_when_training_completes(tmp_path
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+def test_a_failed_downstream_evaluation_says_the_run_itself_completed(tmp_path):
+    lm_eval()
+    tasks = write_task(tmp_path / "tasks")
+    (tasks / "tiny_mc.jsonl").unlink()  # found by name before the run, missing when its data is read
+    with pytest.raises(UserError, match=r"training completed in .*, but eval.downstream failed: a task's data cannot "
+                                        r"be loaded .*; once fixed, run `optbench eval run.dir=.* tasks=tiny_mc`"):
+        train_run(tmp_path, "eval.downstream=[tiny_mc]", f"eval.downstream_tasks_dir={tasks}")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "run" / "downstream.json").exists()
+
+
 @pytest.mark.parametrize("overrides, needle", [
     (["eval.downstream_tasks_dir=/no/such/tasks"], "tasks_dir=/no/such/tasks is not a folder"),
     (["eval.downstream_limit=0"], "eval.downstream_limit=0 must be positive"),
