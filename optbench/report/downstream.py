@@ -17,6 +17,7 @@ from optbench.report.load import Bench, Run
 from optbench.report.measures import completed
 from optbench.report.tables import DASH
 
+
 def run_metrics(run: Run) -> dict[str, float]:
     """"task metric" -> value from the run's downstream.json; empty without a readable one."""
     try:

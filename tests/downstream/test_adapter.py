@@ -74,13 +74,14 @@ def test_loglikelihood_is_the_models_logprob_of_the_continuation(run, pairs, req
 
 
 def test_gpt2_continuation_tokens_come_from_the_joined_text(gpt2_run):
-    """" France." after "capital of" is the joined text's tokens after the context's, not " France." encoded
-    alone: here they are the same ids, so the scores must be too; and an empty context is the end-of-text token."""
+    """The context's own tokens, then the joined text's tokens after them; a context's trailing space goes with the
+    continuation (" the", as GPT-2 saw it in training); an empty context is the end-of-text token."""
     lm = adapter(gpt2_run)
     model, tokenizer, _ = load_run(gpt2_run)
     assert lm.encode_pair("Paris is the capital of", " France.") == (tokenizer.encode("Paris is the capital of"),
                                                                      tokenizer.encode(" France."))
-    assert lm.encode_pair("Paris is ", "the capital") == (tokenizer.encode("Paris is"), tokenizer.encode(" the capital"))
+    assert lm.encode_pair("Paris is ", "the capital") == (tokenizer.encode("Paris is"),
+                                                          tokenizer.encode(" the capital"))
     (logprob, _), = lm.loglikelihood(requests("loglikelihood", ("", "Hello world")))
     ids = tokenizer.encode("Hello world")
     expected = token_logprobs(model, [tokenizer.eot, *ids[:-1]]).gather(1, torch.tensor(ids)[:, None]).sum()
@@ -137,8 +138,8 @@ def test_generate_until_stops_at_the_first_stop_string_or_the_budget(char_run):
     stops = [text[4:6] for text in texts]  # a stop string the greedy text holds after a few characters
     forwards = []
     hook = lm.model.register_forward_hook(lambda module, args, out: forwards.append(args[0].shape))
-    got = lm.generate_until(requests("generate_until",
-                                     *((c, {"until": [s, "zzz"], "max_gen_toks": 12}) for c, s in zip(contexts, stops))))
+    asked = [(context, {"until": [stop, "zzz"], "max_gen_toks": 12}) for context, stop in zip(contexts, stops)]
+    got = lm.generate_until(requests("generate_until", *asked))
     hook.remove()
     assert got == [text[:text.index(stop)] for text, stop in zip(texts, stops)]
     assert all(stop not in text for text, stop in zip(got, stops))
