@@ -1,5 +1,5 @@
-"""`optbench train|sample|export|data|model|optim|bench|report|dashboard|compare|check-optimizer`: parse, call the library, map
-UserError to exit code 2.
+"""`optbench train|sample|export|eval|data|model|optim|bench|report|dashboard|compare|check-optimizer`: parse, call
+the library, map UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
 argparse only dispatches subcommands and their few flags.
@@ -62,6 +62,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported step {exported.step} as {exported.architecture} to {exported.out}; tokenizer: "
           f"{exported.tokenizer}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from optbench.downstream import eval_from_cli
+
+    written, record = eval_from_cli(args.overrides)
+    for task, entry in record["tasks"].items():
+        metrics = ", ".join(f"{metric} {value:.4f}" + _stderr_text(entry["stderr"].get(metric))
+                            for metric, value in entry["metrics"].items() if value is not None)
+        print(f"{task}: {metrics} (n={entry['n_samples']})")
+    print(f"step {record['step']} of the run evaluated; written to {written}")
+    return 0
+
+
+def _stderr_text(stderr: float | None) -> str:
+    return "" if stderr is None else f" ± {stderr:.4f}"
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -292,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a run's model as a Hugging Face transformers folder")
     export.add_argument("overrides", nargs="*", help="run.dir=DIR out=DIR weights=model|averaged")
     export.set_defaults(func=cmd_export)
+
+    evaluate = commands.add_parser("eval", help="run lm-evaluation-harness tasks on a run's checkpoint "
+                                                "(the eval extra), into the run's downstream.json")
+    evaluate.add_argument("overrides", nargs="*", help="run.dir=DIR tasks=hellaswag,arc_easy limit=N "
+                                                       "batch_size=N num_fewshot=K device=auto tasks_dir=PATH "
+                                                       "weights=model|averaged")
+    evaluate.set_defaults(func=cmd_eval)
 
     data = commands.add_parser("data", help="prepare and list datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)

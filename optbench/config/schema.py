@@ -206,11 +206,22 @@ class EvalConfig:
     """Length of that sample; 0 disables sampling."""
     temperature: float = 0.8
     top_k: int | None = 200
+    downstream: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks (e.g. [hellaswag,arc_easy]) run on the final checkpoint when training completes
+    (rank 0), written to <run.dir>/downstream.json as `optbench eval` writes it; needs the `eval` extra. The names
+    are checked before the run starts."""
+    downstream_limit: int | None = None
+    """At most this many examples per downstream task; None: all of them."""
+    downstream_tasks_dir: str | None = None
+    """A folder of lm-eval task YAMLs (your own tasks, or standard ones pointed at local data) searched before
+    lm-eval's own; None: lm-eval's tasks only."""
 
     def __post_init__(self) -> None:
         check(self.every >= 0, f"eval.every={self.every} must be >= 0")
         check(self.batches > 0, f"eval.batches={self.batches} must be positive")
         check(self.temperature > 0.0, f"eval.temperature={self.temperature} must be positive")
+        check(self.downstream_limit is None or self.downstream_limit > 0,
+              f"eval.downstream_limit={self.downstream_limit} must be positive (or null: every example)")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from optbench import data as datalib
 from optbench.config.compose import load_yaml
-from optbench.config.schema import ModelConfig
+from optbench.config.schema import Config, ModelConfig
 from optbench.errors import UserError, check, check_choice
 from optbench.export import gpt2, llama
 from optbench.export.tokenizer import tokenizer_files
@@ -73,22 +73,39 @@ def export_run(overrides: list[str]) -> Exported:
     """Write the model of the run `overrides` name as a transformers folder (see the module docstring)."""
     request = parse_request(overrides)
     run_dir, out = Path(request.run.dir), Path(request.out)
-    check((run_dir / "config.yaml").is_file(), f"run.dir={run_dir} has no config.yaml; is it a run directory?")
-    cfg = load_yaml(run_dir / "config.yaml")
+    cfg = read_config(run_dir)
     family = exporter(cfg.model)
     check(not out.exists() or (out.is_dir() and not any(out.iterdir())),
           f"out={out} already exists and is not an empty folder; give a new one")
-    found = checkpoint.CheckpointStore(run_dir / "checkpoints").latest()
-    check(found is not None, f"run.dir={run_dir} has no usable checkpoint to export")
-    state = found[1]
-    weights = chosen_weights(state, request.weights, run_dir)
+    step, weights = read_weights(run_dir, request.weights)
     tokenizer = datalib.load(cfg.data, progress=False).tokenizer()
     embedding = weights[family.EMBEDDING]  # its rows: the vocabulary with the padding rows (50304 for GPT-2)
     config = family.hf_config(cfg.model, embedding.shape[0], cfg.train.seq_len, tokenizer.eot,
                               str(embedding.dtype).removeprefix("torch."))
     files, tokenizer_note = tokenizer_files(tokenizer, cfg.train.seq_len)
     write_folder(out, config, family.hf_weights(cfg.model, weights), files)
-    return Exported(out, family.ARCHITECTURE, state["step"], tokenizer_note)
+    return Exported(out, family.ARCHITECTURE, step, tokenizer_note)
+
+
+def read_config(run_dir: Path) -> Config:
+    """The config of the run in `run_dir`; a UserError when the folder holds no training run's config."""
+    check((run_dir / "config.yaml").is_file(), f"run.dir={run_dir} has no config.yaml; is it a run directory?")
+    try:
+        return load_yaml(run_dir / "config.yaml")
+    except OmegaConfBaseException as err:  # no model or optim section: some other tool's folder
+        reason = str(err).splitlines()[0]
+    except KeyError as err:  # a model or optimizer no (loaded) plugin registers
+        reason = f"no registered model or optimizer {err}"
+    raise UserError(f"run.dir={run_dir}: its config.yaml is not an optbench training run's ({reason}); "
+                    "is it a run directory of `optbench train`?")
+
+
+def read_weights(run_dir: Path, weights: str) -> tuple[int, dict[str, torch.Tensor]]:
+    """(step, state dict) of `weights` (WEIGHTS) in the run's newest checkpoint that verifies."""
+    found = checkpoint.CheckpointStore(run_dir / "checkpoints").latest()
+    check(found is not None, f"run.dir={run_dir} has no usable checkpoint")
+    state = found[1]
+    return state["step"], chosen_weights(state, weights, run_dir)
 
 
 def exporter(cfg: ModelConfig) -> ModuleType:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from optbench.bench import layout
-from optbench.report import plots, profile, progress, stability, tables
+from optbench.report import downstream, plots, profile, progress, stability, tables
 from optbench.report.leaderboard import ScenarioResult, scenario_result
 from optbench.report.load import Bench, load_bench
 from optbench.report.provenance import provenance
@@ -113,7 +113,9 @@ def _section(bench: Bench, result: ScenarioResult, plots_dir: Path, palette: dic
         "target": scenario.target_loss,
         "ladder": scenario.ladder,
         "fit": tables.fit_text(result.fit),
-        "leaderboard": (tables.display_leaderboard(result.table, result.fit, scenario.target_loss is not None)
+        "leaderboard": (downstream.add_columns(tables.display_leaderboard(result.table, result.fit,
+                                                                          scenario.target_loss is not None),
+                                               bench, scenario.name)
                         if len(result.table) else None),
         "pairwise": tables.display_pairwise(result.pairwise) if len(result.pairwise) > 1 else None,
         "without_final": result.without_final,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from optbench import data as datalib
-from optbench import models, optim
+from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
@@ -85,6 +85,7 @@ class Trainer:
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
         self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device)
         require_optional(cfg.run)
+        downstream.check_before_training(cfg)
 
         if not self.world.is_main:
             distributed.barrier(self.world)  # rank 0 prepares the data first, the others then read it
@@ -267,6 +268,8 @@ class Trainer:
             self._write_summary(summary)
             for sink in self.sinks:
                 sink.close()
+        if status == "completed" and self.world.is_main and cfg.eval.downstream:
+            downstream.after_training(cfg, self.run_dir, self.device)
         return summary
 
     def _step(self) -> str:
