@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from optbench import plugins
-from optbench.bench import layout
+from optbench.bench import downstream, layout
 from optbench.bench.live import LiveView
 from optbench.bench.plan import load_study, tuning_phase
 from optbench.bench.protocol import as_plain, as_plain_entry, differences, freeze, freeze_entry, thawed
@@ -44,6 +44,7 @@ def prepare(suite_ref: str | Path, out: Path | None, storage: str | None) -> tup
     suite = freeze(suite)  # the protocol as the registry resolves it now, what OUT/suite.yaml keeps
     out = Path(out) if out is not None else layout.default_out(suite.name)
     configs = check_runs(suite)
+    downstream.check_tasks(suite.downstream)
     check_compatible(suite, out)
     if storage is not None:
         open_storage(storage, suite.execution)  # a bad URL fails before OUT is created

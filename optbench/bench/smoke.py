@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optbench.bench import layout
+from optbench.bench import downstream, layout
 from optbench.bench.plan import grid
 from optbench.bench.smoke_config import STEPS, smoke_config, smoke_tokenizer, smoke_weights
 from optbench.bench.suite import OptimizerEntry, Scenario, Suite, load_suite, run_overrides, search_space
@@ -62,6 +62,7 @@ def run_smoke(suite_ref: str | Path, out: Path | None = None, echo: Callable[[st
     out = Path(out) if out is not None else layout.smoke_out(suite.name)
     started = time.perf_counter()
     trials = compose_all(suite)
+    downstream.check_tasks(suite.downstream)  # the final runs' tasks exist (a smoke run evaluates none)
     echo(f"smoke {suite.name}: composed {sum(t.points for t in trials)} trials of {len(trials)} scenario x "
          f"optimizer pairs in {time.perf_counter() - started:.1f} s; training each for {STEPS} steps on the CPU "
          f"into {out / 'smoke'}")

@@ -11,6 +11,7 @@
         search: {lr: {log: [0.003, 0.1], grid: [0.01, 0.02]}}   # replaces the registry's range for lr
     tuning: {method: grid | tpe | coordinate, trials: 8, seed: 0, prune: false, extend: 3, studies: 1}
     final: {seeds: [0, 1, 2]}
+    downstream: {tasks: [hellaswag, arc_easy], num_fewshot: 0}  # lm-eval tasks on each final run (optional)
 
 The controlled-variable protocol (Scaling-for-Scaling, the EPFL benchmark) is enforced here: a
 scenario fixes everything but the optimizer; `fixed`/`search` may only name the optimizer's own
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from optbench import plugins
+from optbench.bench.downstream import Downstream, validate as validate_downstream
 from optbench.errors import UserError, check, check_choice, closest
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, Uniform
 
@@ -154,6 +156,8 @@ class Suite:
     tuning: Tuning = field(default_factory=Tuning)
     final: Final = field(default_factory=Final)
     execution: Execution = field(default_factory=Execution)
+    downstream: Downstream = field(default_factory=Downstream)
+    """lm-eval tasks each completed final run is evaluated on (bench/downstream.py); none by default."""
     plugins: list[str] = field(default_factory=list)
     """Plugin files (relative to the suite file) or modules that register what the suite runs (optbench/plugins.py),
     loaded before the suite is checked; OUT/suite.yaml also lists those the bench had from --plugin and elsewhere."""
@@ -221,6 +225,7 @@ def validate(suite: Suite) -> None:
     check(suite.tuning.studies >= 1, f"tuning.studies={suite.tuning.studies} must be >= 1")
     check(bool(suite.final.seeds), "final.seeds must name at least one seed")
     check(suite.execution.workers > 0, f"execution.workers={suite.execution.workers} must be positive")
+    validate_downstream(suite.downstream)
     check(suite.tuning.method != "tpe" or suite.tuning.trials is not None or all(o.trials for o in suite.optimizers),
           "tuning.method=tpe needs a trial budget (tuning.trials); it has no natural end")
     check(0 < suite.execution.heartbeat_s < suite.execution.grace_s,

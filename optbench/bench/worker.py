@@ -21,7 +21,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import TrialState
 
-from optbench.bench import layout
+from optbench.bench import downstream, layout
 from optbench.bench.plan import DONE, WAIT, Claim, claim_next
 from optbench.bench.storage import open_storage, requeue
 from optbench.bench.suite import Suite, run_key, run_overrides
@@ -96,6 +96,10 @@ def run_trial(suite: Suite, out: Path, claim: Claim, worker_id: str, threads: in
         trainer = Trainer(cfg, observers=observers)
         record_trial(run, suite, claim, overrides)
         summary = trainer.train()
+        if claim.phase == "final" and summary["status"] == "completed":
+            error = downstream.evaluate_final(suite.downstream, run)
+            if error is not None:
+                trial.set_user_attr("downstream_error", error)
     except Exception as err:  # a crash of this trial (bad hyperparameters, out of memory) is its result
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"[:500]

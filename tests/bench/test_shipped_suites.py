@@ -291,3 +291,7 @@ def test_s4s_stage2_protocol():
         assert entry.fixed["weight_decay"] == 0.0, entry.name
         assert list(search_space(entry)) == ["lr"], f"{entry.name}: the protocol tunes the lr on a grid"
     assert suite.tuning.method == "grid" and suite.final.seeds == [0, 1, 2]
+    # Stage2-FWE/evaluations/lm_harness/eval_qa.sh: --tasks ... --num_fewshot 0
+    assert suite.downstream.tasks == ["wikitext", "lambada_openai", "piqa", "hellaswag", "winogrande", "arc_easy",
+                                      "arc_challenge", "boolq", "sciq", "copa", "openbookqa"]
+    assert suite.downstream.num_fewshot == 0
