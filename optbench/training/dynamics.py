@@ -146,17 +146,19 @@ class DynamicsTracker:
         self.before: list[torch.Tensor] | None = None
         """W_{t-1} during a step t that is, or precedes, a diag step; dW_t after it."""
         self.grad_sq: torch.Tensor | None = None
-        self.previous: tuple[int, list[torch.Tensor]] | None = None
-        """(s, dW_s): the update of the step before a diag step."""
-        self.reference: tuple[int, list[torch.Tensor]] | None = None
-        """(t, W_{t-k}): the weights the diag step t's drift_cos compares with."""
+        # With drift_k <= every, both belong to the coming diag step t: a process that starts (resumes) after
+        # step t-k or t-1 simply has none of them.
+        self.previous: list[torch.Tensor] | None = None
+        """dW_{t-1}, the update of the step before the diag step t."""
+        self.reference: list[torch.Tensor] | None = None
+        """W_{t-k}, the weights the diag step t's drift_cos compares with."""
 
     def is_diag(self, step: int) -> bool:
         return self.every > 0 and step > 0 and step % self.every == 0
 
     def before_update(self, step: int) -> None:
         if self.is_diag(step - 1 + self.drift_k):
-            self.reference = (step - 1 + self.drift_k, _copy(self.params))
+            self.reference = _copy(self.params)
         if self.is_diag(step) or self.is_diag(step + 1):
             self.before = _copy(self.params)
         if self.is_diag(step):
@@ -173,11 +175,10 @@ class DynamicsTracker:
         torch._foreach_sub_(delta, weights)
         torch._foreach_neg_(delta)  # W_{t-1} - W_t, negated: dW_t, computed in place of the copy
         if not self.is_diag(step):
-            self.previous = (step, delta)
+            self.previous = delta
             return None
-        previous = self.previous[1] if self.previous is not None and self.previous[0] == step - 1 else None
-        reference = self.reference[1] if self.reference is not None and self.reference[0] == step else None
-        self.previous = (step, delta) if self.is_diag(step + 1) else None
+        previous, reference = self.previous, self.reference
+        self.previous = delta if self.is_diag(step + 1) else None
         self.reference = None
         return Measured(self._sums(delta, before_sq, weights, previous, reference), [row_rms(d) for d in delta])
 
