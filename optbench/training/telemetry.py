@@ -48,6 +48,12 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _split(values: list[float], sizes: list[int]) -> list[list[float]]:
+    """`values` cut into consecutive pieces of `sizes`."""
+    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    return [values[end - size:end] for size, end in zip(sizes, ends)]
+
+
 def _keyed(values: list[float], names: list[str]) -> dict[str, dict[str, float | None]]:
     """Row i of a flattened (len(names), len(KEYS)) table as {names[i]: {key: value}}."""
     width = len(dynamics.KEYS)
@@ -90,17 +96,14 @@ class Telemetry:
         params = dynamics.table(sums, rows)
         roles = dynamics.table(sums.grouped(self.role_index, len(self.roles)),
                                dynamics.group_rows(rows, self.role_members))
-        block_grad = sums.grad_sq.new_zeros(self.n_blocks).index_add_(
+        blocks = sums.grad_sq.new_zeros(self.n_blocks).index_add_(
             0, self.block_index, sums.grad_sq[self.block_params]).sqrt()
         layers, attention = attention_stats(self.model, self.window, self.device, self.dtype)
-        values = torch.cat([params.flatten(), roles.flatten(), block_grad,
-                            attention.double().flatten()]).tolist()  # the one host transfer of the step
-        n_params, n_roles = params.numel(), roles.numel()
-        attention_values = values[n_params + n_roles + self.n_blocks:]
-        record = {"params": _keyed(values[:n_params], self.names),
-                  "roles": _keyed(values[n_params:n_params + n_roles], self.roles),
-                  "layers": [{"layer": i, "grad_norm": _finite(g)}
-                             for i, g in enumerate(values[n_params + n_roles:n_params + n_roles + self.n_blocks])],
+        parts = (params, roles, blocks, attention.double())
+        values = torch.cat([part.flatten() for part in parts]).tolist()  # the step's one host transfer
+        param_values, role_values, block_values, attention_values = _split(values, [part.numel() for part in parts])
+        record = {"params": _keyed(param_values, self.names), "roles": _keyed(role_values, self.roles),
+                  "layers": [{"layer": i, "grad_norm": _finite(g)} for i, g in enumerate(block_values)],
                   "attention": [{"layer": layer, "max_logit": _finite(attention_values[2 * i]),
                                  "entropy": _finite(attention_values[2 * i + 1])} for i, layer in enumerate(layers)]}
         self._note_max_logit(record["attention"])

@@ -14,6 +14,7 @@ import optbench
 from optbench.training.checkpoint import CheckpointStore
 from optbench.training.dynamics import KEYS, DynamicsTracker, group_rows, table
 from optbench.training.rundir import read_json, read_metrics
+from optbench.training.telemetry import Telemetry
 from optbench.training.trainer import Trainer
 from tests.train.resume import assert_interrupted_run_resumes_exactly
 
@@ -156,6 +157,30 @@ def test_a_20_step_run_logs_per_tensor_role_and_layer_dynamics(tmp_path, tiny_ov
         assert all(math.isfinite(a["max_logit"]) and 0 < a["entropy"] < math.log(32) for a in r["attention"])
     assert summary["max_attn_logit"] == max(a["max_logit"] for r in records for a in r["attention"])
     assert read_json(run / "summary.json")["max_attn_logit"] == summary["max_attn_logit"]
+
+
+def test_a_diag_step_moves_its_values_to_the_host_once(tmp_path, tiny_overrides, monkeypatch):
+    """One .tolist() of everything per diag step: no .item() or float() per tensor (each a device sync)."""
+    calls: dict[int, list[str]] = {}
+    current: list[int] = []  # the step whose after_update is running, if any
+    for method in ("item", "tolist", "__float__", "cpu"):
+        def counted(self, *args, _real=getattr(torch.Tensor, method), _name=method, **kwargs):
+            if current:
+                calls[current[0]].append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    real_after = Telemetry.after_update
+
+    def after_update(self, step):
+        calls[step] = []
+        current.append(step)
+        try:
+            return real_after(self, step)
+        finally:
+            current.clear()
+    monkeypatch.setattr(Telemetry, "after_update", after_update)
+    optbench.train([*tiny_overrides, "train.steps=10", *DIAG])
+    assert calls == {step: ["tolist"] if step in (5, 10) else [] for step in range(1, 11)}
 
 
 def test_diag_steps_change_nothing_about_training(tmp_path, tiny_overrides):
