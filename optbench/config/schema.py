@@ -261,7 +261,7 @@ class DiagConfig:
     every: int = 0
     """Steps between dynamics records; 0: none (the default: FSDP's shards refuse it, see README). Each costs
     copies of the weights at that step, the one before and drift_k before, and one forward of the probe window:
-    OVERHEAD of the nanoGPT recipe's wall time at 100 (benchmarks/diag_overhead.py)."""
+    under 1% of the nanoGPT recipe's wall time at 100 (benchmarks/diag_overhead.py)."""
     drift_k: int = 10
     """drift_cos compares the weights at a diag step t with those at step t - drift_k (1 <= drift_k <= every)."""
     loss_spike_factor: float = 1.5
