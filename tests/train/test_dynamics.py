@@ -11,6 +11,10 @@ import torch
 from torch import nn
 
 import optbench
+from optbench import data as datalib
+from optbench import models
+from optbench.config.compose import compose
+from optbench.training.attention_probe import attention_stats
 from optbench.training.checkpoint import CheckpointStore
 from optbench.training.dynamics import KEYS, DynamicsTracker, group_rows, table
 from optbench.training.rundir import read_json, read_metrics
@@ -125,8 +129,8 @@ def _dynamics(run_dir) -> list[dict]:
 
 
 def test_a_20_step_run_logs_per_tensor_role_and_layer_dynamics(tmp_path, tiny_overrides):
-    summary = optbench.train([*tiny_overrides, "model=llama", "model.n_kv_head=1", "train.steps=20",
-                              "run.log_every=1", *DIAG])
+    overrides = [*tiny_overrides, "model=llama", "model.n_kv_head=1", "train.steps=20", "run.log_every=1", *DIAG]
+    summary = optbench.train(overrides)
     run = tmp_path / "run"
     routing = json.loads((run / "routing.json").read_text())
     records = _dynamics(run)
@@ -156,6 +160,14 @@ def test_a_20_step_run_logs_per_tensor_role_and_layer_dynamics(tmp_path, tiny_ov
         assert [a["layer"] for a in r["attention"]] == [0, 1]
         assert all(math.isfinite(a["max_logit"]) and 0 < a["entropy"] < math.log(32) for a in r["attention"])
     assert summary["max_attn_logit"] == max(a["max_logit"] for r in records for a in r["attention"])
+    # the probe is the first validation window, at the weights of the step
+    cfg = compose(overrides)
+    prepared = datalib.load(cfg.data, progress=False)
+    model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
+    model.load_state_dict(CheckpointStore(run / "checkpoints").latest()[1]["model"])
+    window = datalib.eval_batches(prepared.tokens("val"), cfg.train.seq_len, cfg.train.batch_size, 1)[0][0][:1]
+    _, stats = attention_stats(model, window, torch.device("cpu"), torch.float32)
+    assert [[a["max_logit"], a["entropy"]] for a in records[-1]["attention"]] == stats.tolist()
     assert read_json(run / "summary.json")["max_attn_logit"] == summary["max_attn_logit"]
 
 
