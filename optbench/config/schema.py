@@ -256,7 +256,8 @@ class DiagConfig:
     gradient norm before clipping and the min / median / max over rows of the update's per-row RMS; per block
     the gradient norm; per softmax-attention layer the largest attention logit and the mean attention entropy
     on a fixed probe window (the first validation window). None of it runs inside the timed step or changes
-    what the run computes, so it may differ between a run and its resume."""
+    what the run computes. A process resumed inside the drift_k steps before a diag step has not seen W_{t-k}
+    (nor, resumed at t-1, the update of t-1): that step's drift_cos (update_cos) is null."""
 
     every: int = 0
     """Steps between dynamics records; 0: none (the default: FSDP's shards refuse it, see README). Each costs
