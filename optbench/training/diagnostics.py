@@ -1,4 +1,4 @@
-"""Gradient and update diagnostics computed at log steps, and a grad-norm spike detector.
+"""Gradient and update diagnostics computed at log steps, and the spike detector of grad norms and losses.
 
 Everything uses foreach kernels over all parameters at once, so a log step costs a few fused
 reductions rather than a Python loop over tensors.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from typing import Any
 
 import torch
 
@@ -46,15 +47,27 @@ def update_stats(params: list[torch.Tensor], before: list[torch.Tensor]) -> dict
 
 
 class SpikeDetector:
-    """Flags a grad norm above `factor` times the running median of the last `window` norms."""
+    """Flags a value (a grad norm, a loss) above `factor` times the running median of the last `window` values,
+    once there are `min_history` of them, and counts the spikes. Its state rides in checkpoints, so a resumed
+    run flags the steps the uninterrupted one does."""
 
     def __init__(self, factor: float = 10.0, window: int = 100, min_history: int = 10):
         self.factor = factor
         self.min_history = min_history
         self.history: deque[float] = deque(maxlen=window)
+        self.count = 0
 
-    def __call__(self, grad_norm: float) -> bool:
+    def __call__(self, value: float) -> bool:
         spike = (len(self.history) >= self.min_history
-                 and grad_norm > self.factor * statistics.median(self.history))
-        self.history.append(grad_norm)
+                 and value > self.factor * statistics.median(self.history))
+        self.history.append(value)
+        self.count += spike
         return spike
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(state["history"])
+        self.count = state["count"]

@@ -18,8 +18,8 @@ from optbench.config.schema import Config
 from optbench.errors import UserError
 from optbench.training import checkpoint
 
-RUN_CONTROL = ("run.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
-"""Keys that change how a run is executed or logged, not what it computes."""
+RUN_CONTROL = ("run.", "diag.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
+"""Keys that change how a run is executed or logged, not what it computes (diag.* only measures it)."""
 
 
 def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore,

@@ -1,7 +1,10 @@
 """Where metrics go. The trainer emits plain dicts; each sink subscribes to them.
 
-A record has `kind` ("train" or "eval") plus `step`, `tokens`, `time_s` and the metrics; an eval
-record may carry the generated `sample` text.
+A record has `kind` ("train", "eval" or "dynamics") plus `step`, `tokens`, `time_s` and the metrics; an eval
+record may carry the generated `sample` text. A dynamics record nests its values (per parameter, per role, per
+layer: optbench/training/telemetry.py): metrics.jsonl keeps it whole, TensorBoard and W&B get its roles, layers
+and attention as flat scalars (`roles/matrix/update_rms`, `layers/0/grad_norm`, `attention/0/max_logit`) and
+leave the per-parameter values, hundreds of series in a large model, to metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -30,15 +33,30 @@ class JsonlSink:
         self.file = open(path, "a", buffering=1)
 
     def log(self, record: dict[str, Any]) -> None:
-        line = {k: v for k, v in record.items() if k != "kind"}
+        # train and eval lines are told apart by their keys, as they always were; other kinds keep `kind`
+        line = {k: v for k, v in record.items() if k != "kind" or v not in ("train", "eval")}
         self.file.write(json.dumps(line) + "\n")
 
     def close(self) -> None:
         self.file.close()
 
 
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A record's numbers under flat names, for the sinks that take only those: a dynamics record's roles,
+    layers and attention as `roles/<role>/<key>`, `layers/<i>/grad_norm` and `attention/<i>/<key>` (undefined
+    values left out); every other record's top-level numbers (bools as 0/1) but `step`."""
+    if record["kind"] != "dynamics":
+        return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+    flat = {f"roles/{role}/{key}": v for role, values in record["roles"].items() for key, v in values.items()}
+    for part in ("layers", "attention"):
+        flat.update({f"{part}/{entry['layer']}/{key}": v for entry in record[part]
+                     for key, v in entry.items() if key != "layer"})
+    return {k: v for k, v in flat.items() if v is not None}
+
+
 class ConsoleSink:
-    """A live progress bar on a terminal (step, loss, lr, tokens/s, ETA); eval lines always."""
+    """A live progress bar on a terminal (step, loss, lr, tokens/s, ETA); eval lines and spike warnings always.
+    Dynamics records are left to the other sinks: a line per parameter would bury the loss."""
 
     def __init__(self, total_steps: int, start_step: int, console: Console, live: bool):
         self.console = console
@@ -69,6 +87,9 @@ class ConsoleSink:
         if record.get("grad_spike"):
             self.console.print(f"[yellow]warning: grad norm {record['grad_norm']:.3g} at step {step} "
                                f"is over 10x its running median[/yellow]")
+        if record.get("loss_spike"):
+            self.console.print(f"[yellow]warning: loss {record['loss']:.4g} at step {step} is over "
+                               f"diag.loss_spike_factor times its running median[/yellow]")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -98,7 +119,9 @@ class WandbSink:
                               mode=cfg.wandb_mode, dir=str(run_dir), config=config, resume="allow")
 
     def log(self, record: dict[str, Any]) -> None:
-        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        metrics = scalars(record)
+        if record["kind"] == "dynamics":  # its own namespace: roles/matrix/grad_norm is not the train grad_norm
+            metrics = {f"dynamics/{k}": v for k, v in metrics.items()}
         if "sample" in record:
             metrics["sample"] = record["sample"]
         self.run.log(metrics, step=record["step"])
@@ -117,9 +140,8 @@ class TensorBoardSink:
         step, kind = record["step"], record["kind"]
         if "sample" in record:
             self.writer.add_text("sample", record["sample"], step)
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "kind"):
-                self.writer.add_scalar(f"{kind}/{key}", value, step)
+        for key, value in scalars(record).items():
+            self.writer.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
         self.writer.close()

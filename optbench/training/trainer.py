@@ -40,6 +40,7 @@ from optbench.training.rundir import default_dir, environment, read_json, trunca
 from optbench.training.schedules import lr_multiplier
 from optbench.training.timing import StepTimer
 from optbench.training.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
+from optbench.training.telemetry import Telemetry
 
 
 class StopTraining(Exception):
@@ -118,7 +119,9 @@ class Trainer:
         self.averager = WeightAverage(self.model, cfg.train) if cfg.train.weight_avg != "none" else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.spikes = diagnostics.SpikeDetector()
+        # rank 0 measures the dynamics for all (DDP's replicas are equal), on the first validation window
+        self.telemetry = Telemetry(cfg.diag, self.model, self.plan, self.val_batches[0][0][:1], self.device,
+                                   self.dtype, measures=self.world.is_main)
         self.timer = StepTimer(self.device)  # each process times its own steps: a resumed run warms up again
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
         self.step = 0
@@ -139,6 +142,9 @@ class Trainer:
         if cfg.train.weight_avg != "none":
             raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
                             "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")
+        if cfg.diag.every > 0:
+            raise UserError(f"diag.every={cfg.diag.every} measures whole tensors, which train.parallel=fsdp "
+                            "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         try:
@@ -279,13 +285,15 @@ class Trainer:
         with self.timer.timed():
             loss, norm = self.train_step(self.step)
         grad_norm = distributed.as_float(norm)
-        spike = self.spikes(grad_norm)
+        spike, loss_spike = self.telemetry.spikes(loss, grad_norm)
         if not math.isfinite(loss) or loss > cfg.train.diverge_loss:
             self._emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                         "grad_norm": grad_norm})
             return "diverged"
-        is_log = (self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
+        is_log = ((self.step + 1) % cfg.run.log_every == 0 or self.step + 1 == cfg.train.steps or spike
+                  or loss_spike)
         before = diagnostics.snapshot(self.params) if is_log else None
+        self.telemetry.before_update(self.step + 1)  # weights and gradients as the coming update meets them
         grad_stats = diagnostics.gradient_stats(self.params) if is_log else {}  # before clipping changes them
         with self.timer.timed():
             self.clip(norm)
@@ -297,10 +305,13 @@ class Trainer:
         if is_log:
             tokens_per_s = self.timer.interval_tokens_per_s(self.tokens_per_step)
             self._emit({"kind": "train", "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                        "grad_norm": grad_norm, "grad_spike": spike, **grad_stats,
+                        "grad_norm": grad_norm, "grad_spike": spike, "loss_spike": loss_spike, **grad_stats,
                         **diagnostics.update_stats(self.params, before),
                         **{k: float(v) for k, v in self.model_metrics.items()},
                         "tokens_per_s": tokens_per_s, **self._mfu(tokens_per_s)})
+        dynamics = self.telemetry.after_update(self.step)
+        if dynamics is not None:
+            self._emit({"kind": "dynamics", **dynamics})
         return "running"
 
     def _evaluate(self, evals: Evaluations) -> None:
@@ -356,6 +367,7 @@ class Trainer:
             "optim_state_bytes": optim.state_bytes(self.optimizer),
             "n_params": self.model.num_params(),
             "n_params_non_embedding": self.model.num_params(embeddings=False),
+            **self.telemetry.summary(),
             "run_dir": str(self.run_dir),
         }
 
@@ -389,7 +401,7 @@ class Trainer:
 
         Every rank's RNG state is gathered (a rank's dropout or sampling stream is its own); rank 0 writes.
         """
-        extra: dict[str, Any] = {"time_s": self._elapsed()}
+        extra: dict[str, Any] = {"time_s": self._elapsed(), "telemetry": self.telemetry.state_dict()}
         if self.hooks.caps.train_eval_modes:
             with self.hooks.eval_mode():
                 extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -411,3 +423,5 @@ class Trainer:
             self.averager.load_state_dict(state["extra"]["averaged_model"])
         self.step = state["step"]
         self.time_offset = state["extra"].get("time_s", 0.0)
+        if "telemetry" in state["extra"]:  # checkpoints from before telemetry start its counts afresh
+            self.telemetry.load_state_dict(state["extra"]["telemetry"])
