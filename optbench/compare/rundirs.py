@@ -75,7 +75,7 @@ def _read(given: Path, path: Path, label: str) -> ComparedRun:
     run = Run(path=path, scenario="", optimizer=str(optim.get("name", "?")), hparams=non_default_hparams(optim),
               seed=int((config.get("train") or {}).get("seed", -1)), phases=(), summary=summary,
               evals=[line for line in lines if "val_loss" in line],
-              train=[line for line in lines if "val_loss" not in line],
+              train=[line for line in lines if "val_loss" not in line and line.get("kind", "train") == "train"],
               env=_load(given, env, json.loads) if env.is_file() else {})
     return ComparedRun(run=run, config=config, label=label)
 

@@ -274,16 +274,22 @@ class DiagConfig:
     """Steps between dynamics records; 0: none (the default: FSDP's shards refuse it, see README). Each costs
     copies of the weights at that step, the one before and drift_k before, and one forward of the probe window:
     under 1% of the nanoGPT recipe's wall time at 100 (benchmarks/diag_overhead.py)."""
-    drift_k: int = 10
-    """drift_cos compares the weights at a diag step t with those at step t - drift_k (1 <= drift_k <= every)."""
+    drift_k: int | None = None
+    """drift_cos compares the weights at a diag step t with those at step t - drift_k (1 <= drift_k <= every);
+    None: min(10, every)."""
     loss_spike_factor: float = 1.5
     """A training loss above this times the median of the previous 100 (once there are 10) is a loss spike:
     flagged in that step's train record (which is then logged) and counted in summary.json's loss_spikes."""
 
+    @property
+    def drift_steps(self) -> int:
+        """drift_k as resolved: min(10, every) when not given."""
+        return self.drift_k if self.drift_k is not None else min(10, max(self.every, 1))
+
     def __post_init__(self) -> None:
         check(self.every >= 0, f"diag.every={self.every} must be >= 0 (0: no dynamics records)")
-        check(self.every == 0 or 1 <= self.drift_k <= self.every,
-              f"diag.drift_k={self.drift_k} must be between 1 and diag.every={self.every}")
+        check(self.every == 0 or self.drift_k is None or 1 <= self.drift_k <= self.every,
+              f"diag.drift_k={self.drift_k} must be between 1 and diag.every={self.every} (or null: min(10, every))")
         check(self.loss_spike_factor > 1.0, f"diag.loss_spike_factor={self.loss_spike_factor} must be > 1")
 
 

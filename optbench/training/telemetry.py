@@ -76,7 +76,7 @@ class Telemetry:
         self.block_params = torch.tensor(in_block, dtype=torch.long, device=device)
         self.block_index = torch.tensor([blocks[id(plan[i].param)] for i in in_block], dtype=torch.long, device=device)
         self.n_blocks = len(model.blocks())
-        self.tracker = dynamics.DynamicsTracker([r.param for r in plan], cfg.every if measures else 0, cfg.drift_k)
+        self.tracker = dynamics.DynamicsTracker([r.param for r in plan], cfg.every if measures else 0, cfg.drift_steps)
         self.grad_spikes = SpikeDetector()
         self.loss_spikes = SpikeDetector(factor=cfg.loss_spike_factor)
         self.max_attn_logit: float | None = None

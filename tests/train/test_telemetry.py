@@ -224,6 +224,12 @@ def test_bad_diag_values_are_one_line_errors(override, message):
         compose(["diag.every=10", override] if override != "diag.every=-1" else [override])
 
 
+def test_drift_k_defaults_to_ten_steps_or_the_cadence_when_shorter():
+    assert compose(["diag.every=5"]).diag.drift_steps == 5  # a cadence below the default's 10 needs no drift_k
+    assert compose(["diag.every=100"]).diag.drift_steps == 10
+    assert compose(["diag.every=100", "diag.drift_k=3"]).diag.drift_steps == 3
+
+
 def test_fsdp_refuses_dynamics_naming_the_valid_choice():
     cfg = compose(["optim=adamw", "train.parallel=fsdp", "diag.every=100"])
     ranks = SimpleNamespace(world=SimpleNamespace(distributed=True), cfg=cfg)
