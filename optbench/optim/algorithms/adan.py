@@ -144,7 +144,8 @@ class Adan(torch.optim.Optimizer):
                 denom = adam_denominator(n, group["eps"], bias_correction(group["beta3"], t))
                 adan_step_(p, m, d, denom, group["lr"], group["beta2"], bias_correction(group["beta1"], t),
                            bias_correction(group["beta2"], t), group["weight_decay"], group["no_prox"])
-                torch._foreach_copy_(prev, g)
+                for last, grad in zip(prev, g):  # copy_ one by one: FSDP2's DTensors have no _foreach_copy_
+                    last.copy_(grad)
             for s in states:
                 s["step"] += 1
         return loss

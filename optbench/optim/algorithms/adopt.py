@@ -66,7 +66,7 @@ def normalized_gradient(grads: list[Tensor], exp_avg_sqs: list[Tensor], eps: flo
     """clip(g / max(sqrt(v_prev), eps), clip) as new tensors: the gradient scaled by the previous steps'
     second moment only."""
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_maximum_(denom, eps)
+    torch._foreach_clamp_min_(denom, eps)  # max(., eps); FSDP2's DTensors have no _foreach_maximum_
     normed = torch._foreach_div(grads, denom)
     if clip is not None:
         torch._foreach_clamp_min_(normed, -clip)
