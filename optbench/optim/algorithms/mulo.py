@@ -60,7 +60,7 @@ from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.learned import features as F
 from optbench.optim.learned.mulo_net import MLP, MetaMLP
 from optbench.optim.learned.weights import construct, load_net, locate, randomize_, save_net
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import LogUniform
 
 PYLO = "PyLO (Belilovsky-Lab/pylo) pylo/optim/MuLO_naive.py@e9c898b9 + AdafacLO_naive.py@1f959f00"
@@ -198,4 +198,5 @@ register(OptimizerSpec(
     reference=f"Therien et al. 2024 (arXiv 2406.00153), small_fc_lopt (arXiv 2203.11860); {PYLO} with weights "
               f"{MLP.repo_id}",
     search_space={"lr": LogUniform(0.1, 10.0)},
+    capabilities=Capabilities(fsdp="owner"),  # factored features and per-tensor norms
 ))

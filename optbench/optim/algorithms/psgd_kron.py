@@ -41,7 +41,7 @@ from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional import kron
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.sharding import stepped_elsewhere
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -226,4 +226,5 @@ register(OptimizerSpec(
               "kron_torch.Kron (Evan Walters, CC-BY-4.0), checked step by step",
     search_space={"lr": LogUniform(1e-4, 3e-3), "momentum": Choice((0.9, 0.95)),
                   "precond_lr": Choice((0.05, 0.1, 0.3)), "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),
 ))
