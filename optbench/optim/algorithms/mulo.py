@@ -156,7 +156,6 @@ class MuLO(torch.optim.Optimizer):
                 if group.get("role") == "matrix" and "lr_mult" not in group and p.dim() != 2:
                     raise UserError(f"mulo scales hidden matrices by muP's fan_in and needs them 2-D; "
                                     f"{name or 'a matrix parameter'} has shape {tuple(p.shape)}")
-                self.state[p].update(step=0, **F.init_accumulators(p, self._dims(p)))
         self.net = net
         self.decays = tuple(F.decays(d, o) for d, o in ((F.INITIAL_MOMENTUM_DECAYS, MOMENTUM_DECAY_OFFSETS),
                                                         (F.INITIAL_RMS_DECAYS, RMS_DECAY_OFFSETS),
@@ -173,6 +172,8 @@ class MuLO(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if not self.state[p]:  # at the first step, not in __init__: under FSDP2 only p's owner steps it
+                    self.state[p].update(step=0, **F.init_accumulators(p, self._dims(p)))
                 if self.decays[0].device != p.device:
                     self.net.to(p.device)
                     self.decays = tuple(d.to(p.device) for d in self.decays)
