@@ -30,7 +30,7 @@ def gather(opt: FSDPOptimizer) -> dict:
     """The single-process state dict on rank 0, {} on the other ranks. A collective: every rank calls it."""
     entries: dict[Key, dict] = {}
     owned: dict[Key, dict] = {}
-    for key, p, state in _parameters(opt):
+    for key, p, state in parameter_states(opt.inner):
         whole = opt.whole_of(p)
         if state is None:  # never stepped (an empty state, as signSGD keeps, is still an entry)
             continue
@@ -53,7 +53,7 @@ def gather(opt: FSDPOptimizer) -> dict:
 def scatter(opt: FSDPOptimizer, full: dict) -> None:
     """Load a single-process state dict (every rank holds all of it): each rank keeps its shards of the sharded
     parameters' states and the states of the whole tensors it owns."""
-    params = {key: p for key, p, _ in _parameters(opt)}
+    params = {key: p for key, p, _ in parameter_states(opt.inner)}
     local = _numbered(full)  # shallow copies down to each part's dict: `full` itself is left as it was
     if "parts" in local:
         local["parts"] = {part: dict(leaf) for part, leaf in full["parts"].items()}
@@ -82,9 +82,10 @@ def _numbered(full: dict) -> dict:
                              for group in full["param_groups"]]}
 
 
-def _parameters(opt: FSDPOptimizer) -> Iterator[tuple[Key, torch.Tensor, dict | None]]:
-    """(key, parameter, its state here or None) of every parameter, in state-dict order: the same on every rank."""
-    parts = getattr(opt.inner, "parts", {"": opt.inner})
+def parameter_states(optimizer: torch.optim.Optimizer) -> Iterator[tuple[Key, torch.Tensor, dict | None]]:
+    """(key, parameter, its state here or None) of every parameter of a plain or hybrid optimizer, in state-dict
+    order: the same on every rank, and the same keys as one process's."""
+    parts = getattr(optimizer, "parts", {"": optimizer})
     for part, leaf in parts.items():
         params = [p for group in leaf.param_groups for p in group["params"]]
         for i, p in enumerate(params):
