@@ -123,4 +123,6 @@ def _shard_like(t: torch.Tensor, p: DTensor) -> torch.Tensor:
     rank, size = dist.get_rank(), dist.get_world_size()
     rows = shard_rows(p.shape[0], size)
     local = t[sum(rows[:rank]):sum(rows[:rank + 1])].to(p.to_local().device)
-    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False)
+    # shape and stride given: FSDP2's shards may be uneven, and from_local would guess rows x world
+    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                              stride=p.stride())

@@ -35,8 +35,8 @@ from optbench.training.optimizer_hooks import OptimizerHooks
 from optbench.training.shard_exchange import shard_rows
 
 STEPS = 4
-VOCAB = 50
-"""Not a multiple of 2 or 4 ranks: the embedding's shards are uneven."""
+VOCAB = 51
+"""Odd: the embedding's shards are uneven at 2 ranks and at 4."""
 HPARAMS = {
     # Refreshes and preconditioners due within STEPS, so their whole-tensor work is compared too.
     "soap": {"precondition_frequency": 2},
@@ -93,7 +93,7 @@ def distribute_like(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     rows = shard_rows(g.shape[0], dist.get_world_size())
     start = sum(rows[:dist.get_rank()])
     return DTensor.from_local(g[start:start + rows[dist.get_rank()]].clone(), p.device_mesh, p.placements,
-                              run_check=False)
+                              run_check=False, shape=g.shape, stride=g.stride())
 
 
 def weight_diff(reference: torch.nn.Module, sharded: torch.nn.Module) -> float:
