@@ -13,14 +13,14 @@ from optbench.config.schema import OptimConfig
 from optbench.optim import algorithms
 from optbench.optim.hybrid import MatrixOptimConfig
 from optbench.optim.memory import state_bytes
-from optbench.optim.registry import (OPTIMIZERS, Capabilities, OptimizerSpec, build, config_classes, create, get,
-                                     make_config, matrix_only, names, plan, register, routing_summary,
-                                     routing_table)
+from optbench.optim.registry import (OPTIMIZERS, Capabilities, OptimizerSpec, build, config_classes, create,
+                                     fsdp_mode, get, make_config, matrix_only, names, plan, register,
+                                     routing_summary, routing_table)
 from optbench.optim.search_space import Choice, LogUniform, Uniform
 
 for _module in pkgutil.iter_modules(algorithms.__path__):
     importlib.import_module(f"{algorithms.__name__}.{_module.name}")
 
 __all__ = ["OPTIMIZERS", "Capabilities", "Choice", "LogUniform", "MatrixOptimConfig", "OptimConfig", "OptimizerSpec",
-           "Uniform", "build", "config_classes", "create", "get", "make_config", "matrix_only", "names", "plan",
-           "register", "routing_summary", "routing_table", "state_bytes"]
+           "Uniform", "build", "config_classes", "create", "fsdp_mode", "get", "make_config", "matrix_only", "names",
+           "plan", "register", "routing_summary", "routing_table", "state_bytes"]

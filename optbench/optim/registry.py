@@ -38,9 +38,16 @@ class Capabilities:
     """Gets `optimizer.set_horizon(total_steps)` before training (VeLO)."""
     observes_loss: bool = False
     """Gets `optimizer.observe_loss(loss)` before each step (learned optimizers use it as a feature)."""
-    fsdp: bool = False
-    """The update is elementwise and runs on FSDP2's parameter shards (DTensors) as it is, so
-    `train.parallel=fsdp` may use it; whole-matrix methods (Muon, SOAP, ...) would need the full tensor."""
+    fsdp: str = "refused"
+    """How `train.parallel=fsdp` runs it (optbench/training/fsdp_optimizer.py): "shards" -- the update is
+    elementwise and runs on FSDP2's parameter shards (DTensors) as it is; "owner" -- each tensor's update needs
+    the whole tensor and nothing else, so every tensor is gathered to one owner rank, stepped there by the same
+    code and scattered back; "refused" -- neither holds (`fsdp_refusal` says why) and FSDP refuses it."""
+    fsdp_refusal: str = "it does not declare how it runs on FSDP2's shards (Capabilities.fsdp)"
+    """One line: why `train.parallel=fsdp` cannot run it, where `fsdp` is "refused"."""
+
+
+FSDP_MODES = ("shards", "owner", "refused")
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
     if unknown:
         raise ValueError(f"search space of {spec.name!r} names unknown hyperparameters {sorted(unknown)}")
     _check_matrix_only(spec)
+    if spec.capabilities.fsdp not in FSDP_MODES:
+        raise ValueError(f"optimizer {spec.name!r}: Capabilities(fsdp={spec.capabilities.fsdp!r}) is not one of "
+                         f"{', '.join(FSDP_MODES)}")
     OPTIMIZERS[spec.name] = spec
     return spec
 
@@ -137,6 +147,14 @@ def matrix_only(cfg: OptimConfig) -> bool:
     """Whether the optimizer takes only hidden matrices: as its spec declares, or as a config with a `matrix_only`
     switch chooses per run (optim=torch wraps any class, and only the user knows which kind it is)."""
     return get(cfg.name).capabilities.matrix_only or bool(getattr(cfg, "matrix_only", False))
+
+
+def fsdp_mode(cfg: OptimConfig) -> str:
+    """How `train.parallel=fsdp` runs the optimizer `cfg` describes: as its spec declares, except that a cautious
+    variant (optim=adamw or lion with cautious=true) rescales each tensor's update by the count of its mask
+    (numel / (nnz + 1)), which a shard cannot count: it runs on owners instead."""
+    mode = get(cfg.name).capabilities.fsdp
+    return "owner" if mode == "shards" and getattr(cfg, "cautious", False) else mode
 
 
 def plan(cfg: OptimConfig, model: nn.Module) -> list[Routed]:

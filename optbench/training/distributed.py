@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -101,10 +101,12 @@ def gradient_sync(replica: torch.nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state dicts: as they are, or gathered whole from FSDP's shards (to CPU)."""
+    """(model, optimizer) state dicts: as they are, or gathered whole from FSDP's shards (to CPU, on rank 0) into
+    what one process saves (the optimizer is then an FSDPOptimizer, see fsdp_optimizer.py)."""
     if not isinstance(model, FSDPModule):
         return model.state_dict(), optimizer.state_dict()
-    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), optimizer.full_state_dict()
 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
@@ -114,8 +116,8 @@ def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mo
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         return
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                   options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+    optimizer.load_full_state_dict(optimizer_state)  # after the weights: owners re-read their working copies
 
 
 def as_float(value: torch.Tensor) -> float:

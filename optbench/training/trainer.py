@@ -29,7 +29,7 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, device as hw, diagnostics, distributed, resume
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume
 from optbench.training.averaging import WeightAverage
 from optbench.training.evaluation import validation_metrics
 from optbench.training.sample import continuation
@@ -111,7 +111,7 @@ class Trainer:
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.plan = optim.plan(cfg.optim, self.model)  # one plan: the optimizer and routing.json
-        self.optimizer = optim.build(cfg.optim, self.model, self.plan)
+        self.optimizer = fsdp_optimizer.build(cfg.optim, self.model, self.plan)  # optim.build, or its FSDP2 form
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
         self.hooks = OptimizerHooks(self.optimizer, optim.get(cfg.optim.name).capabilities)
@@ -131,14 +131,11 @@ class Trainer:
     # ----------------------------------------------------------------------------- setup helpers
 
     def _check_parallel(self) -> None:
-        """FSDP2 hands each rank shards of every tensor: only elementwise optimizers run on those as they are."""
+        """FSDP2 hands each rank shards of every tensor: optimizers run on those or on owner ranks, or are refused."""
         cfg = self.cfg
         if not (self.world.distributed and cfg.train.parallel == "fsdp"):
             return
-        if not optim.get(cfg.optim.name).capabilities.fsdp:
-            able = ", ".join(n for n in optim.names() if optim.get(n).capabilities.fsdp)
-            raise UserError(f"optim={cfg.optim.name} needs whole tensors on one rank, which train.parallel=fsdp "
-                            f"does not give; valid with fsdp: {able} (or train.parallel=ddp)")
+        fsdp_optimizer.check(cfg)
         if cfg.train.weight_avg != "none":
             raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
                             "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")

@@ -3,7 +3,8 @@ under DDP and under FSDP2.
 
 `train.grad_accum` counts micro-batches per step over all ranks, so 2 ranks x 1 micro-batch and 1 process
 x 2 micro-batches see the same global batch. The sharded optimizers (Muon's Newton–Schulz, SOAP's
-eigenbases, Shampoo's inverse roots, each computed on one rank and broadcast) must agree too.
+eigenbases, Shampoo's inverse roots, each computed on one rank and broadcast) must agree too. FSDP2 with the
+optimizers that step whole tensors on owner ranks is tested in test_fsdp_owners.py.
 
 All DDP runs share one torchrun launch and all FSDP runs another (tests/reliability/ranks.py runs them in
 order in one process group); the refusal test launches `optbench train` itself, the entry point users run.
@@ -130,9 +131,10 @@ def test_fsdp_checkpoints_gather_whole_state_and_resume_exactly(fsdp):
     assert type(wpe) is torch.Tensor and wpe.shape == (32, 32)  # whole (seq_len x n_embd), not a rank's shard
 
 
-def test_fsdp_refuses_optimizers_that_need_whole_matrices(tmp_path, tiny_overrides):
-    done = torchrun(["-m", "optbench", "train", *tiny_overrides, "optim=muon", "train.parallel=fsdp",
+def test_fsdp_refuses_optimizers_it_cannot_run_in_one_line(tmp_path, tiny_overrides):
+    done = torchrun(["-m", "optbench", "train", *tiny_overrides, "optim=prodigy", "train.parallel=fsdp",
                      "train.grad_accum=2"])
     assert done.returncode != 0
-    assert done.stderr.count("optbench: error: optim=muon needs whole tensors on one rank") == 2  # each rank
+    assert done.stderr.count("optbench: error: optim=prodigy cannot run under train.parallel=fsdp: its step size d "
+                             "comes from sums over every parameter") == 2  # each rank
     assert not (tmp_path / "run").exists()

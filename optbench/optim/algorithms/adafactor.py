@@ -29,7 +29,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -70,4 +70,5 @@ register(OptimizerSpec(
               f"(torch {torch.__version__.split('+')[0]})",
     search_space={"lr": LogUniform(1e-3, 1e-1), "decay_rate": Choice((-0.5, -0.8, -1.0)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # factored second moment: row and column means
 ))

@@ -36,7 +36,7 @@ from optbench.optim.functional.moments import (adam_denominator, bias_correction
                                                step_buckets, with_grads)
 from optbench.optim.functional.quantization import (BLOCK_SIZE, dequantize_blockwise, dynamic_map, num_blocks,
                                                     quantize_blockwise_)
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 BACKENDS = ("auto", "optbench", "bitsandbytes")
@@ -179,4 +179,5 @@ register(OptimizerSpec(
                "(backends/cpu/ops.py reference path), torchao==0.18.0 optim.AdamW8bit"),
     search_space={"lr": LogUniform(1e-4, 1e-2), "beta2": Choice((0.95, 0.98, 0.99, 0.999)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # quantisation blocks of 256 run across rows
 ))

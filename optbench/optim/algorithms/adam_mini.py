@@ -41,7 +41,7 @@ from torch import Tensor
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.moments import bias_correction, decay_, ema_, pick, step_buckets, with_grads
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -248,4 +248,5 @@ register(OptimizerSpec(
     reference="Zhang et al. 2024 (arXiv 2406.16793); adam-mini==1.1.1 (adam_mini.Adam_mini)",
     search_space={"lr": LogUniform(1e-4, 1e-2), "beta2": Choice((0.95, 0.98, 0.99, 0.999)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # one second moment per block (row, head, tensor)
 ))

@@ -65,7 +65,7 @@ register(OptimizerSpec(
     reference=f"Loshchilov & Hutter 2019; torch.optim.AdamW (torch {torch.__version__.split('+')[0]}); "
               "cautious=True: optbench C-AdamW, as c-adamw",
     search_space=SEARCH_SPACE,
-    capabilities=Capabilities(fsdp=True),
+    capabilities=Capabilities(fsdp="shards"),
 ))
 
 register(OptimizerSpec(
@@ -73,4 +73,5 @@ register(OptimizerSpec(
     reference="Liang et al. 2024 (arXiv:2411.16085), numel/(nnz+1) mask of kyleliang919/C-Optim c_adamw.py; "
               "pytorch-optimizer==4.1.0 AdEMAMix(alpha=0, cautious=True)",
     search_space=SEARCH_SPACE,
+    capabilities=Capabilities(fsdp="owner"),  # the mask rescales each tensor by numel / (nnz + 1)
 ))

@@ -43,7 +43,7 @@ from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, ema_, ema_sq_, pick, step_buckets,
                                                with_grads)
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -144,7 +144,8 @@ class Adan(torch.optim.Optimizer):
                 denom = adam_denominator(n, group["eps"], bias_correction(group["beta3"], t))
                 adan_step_(p, m, d, denom, group["lr"], group["beta2"], bias_correction(group["beta1"], t),
                            bias_correction(group["beta2"], t), group["weight_decay"], group["no_prox"])
-                torch._foreach_copy_(prev, g)
+                for last, grad in zip(prev, g):  # copy_ one by one: FSDP2's DTensors have no _foreach_copy_
+                    last.copy_(grad)
             for s in states:
                 s["step"] += 1
         return loss
@@ -161,4 +162,5 @@ register(OptimizerSpec(
               "pytorch-optimizer==4.1.0 Adan (step-by-step test)",
     search_space={"lr": LogUniform(1e-4, 3e-2), "beta1": Choice((0.9, 0.98, 0.99)),
                   "beta3": Choice((0.99, 0.995, 0.999)), "weight_decay": Choice((0.0, 0.02, 0.1))},
+    capabilities=Capabilities(fsdp="shards"),  # elementwise; max_grad_norm's global norm reduces over the DTensors
 ))

@@ -160,5 +160,5 @@ register(OptimizerSpec(
               "(apple/ml-ademamix warmup formulas)",
     search_space={"lr": LogUniform(1e-4, 1e-2), "beta3": Choice((0.999, 0.9999, 0.99995)),
                   "alpha": Choice((2.0, 5.0, 8.0, 10.0)), "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(needs_horizon=True),
+    capabilities=Capabilities(fsdp="shards", needs_horizon=True),
 ))

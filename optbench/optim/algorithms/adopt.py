@@ -28,7 +28,7 @@ from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import decay_, ema_, ema_sq_, pick, step_buckets, with_grads
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -66,7 +66,7 @@ def normalized_gradient(grads: list[Tensor], exp_avg_sqs: list[Tensor], eps: flo
     """clip(g / max(sqrt(v_prev), eps), clip) as new tensors: the gradient scaled by the previous steps'
     second moment only."""
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_maximum_(denom, eps)
+    torch._foreach_clamp_min_(denom, eps)  # max(., eps); FSDP2's DTensors have no _foreach_maximum_
     normed = torch._foreach_div(grads, denom)
     if clip is not None:
         torch._foreach_clamp_min_(normed, -clip)
@@ -125,4 +125,5 @@ register(OptimizerSpec(
     reference="Taniguchi et al. 2024 (arXiv:2411.02853); torch-adopt==0.1.0 adopt.ADOPT (iShohei220/adopt)",
     search_space={"lr": LogUniform(1e-4, 1e-2), "beta2": Choice((0.999, 0.9999)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="shards"),
 ))

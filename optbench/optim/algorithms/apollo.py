@@ -57,7 +57,7 @@ from optbench.optim.algorithms.galore import LowRankAdamW, adam_moments_, decay_
 from optbench.optim.functional.low_rank import (channel_norms, project, projection_seed, projection_side,
                                                 random_projection, refresh_due)
 from optbench.optim.functional.moments import bias_correction
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 SCALE_TYPES = ("channel", "tensor")
@@ -182,9 +182,11 @@ register(OptimizerSpec(
     name="apollo", config_cls=APOLLOConfig, build=build_apollo, source="optbench", reference=REFERENCE,
     search_space={"lr": LogUniform(1e-3, 3e-2), "rank": Choice((128, 256, 512)),
                   "update_proj_gap": Choice((50, 200, 500))},
+    capabilities=Capabilities(fsdp="owner"),  # channel norms of each projected matrix
 ))
 
 register(OptimizerSpec(
     name="apollo-mini", config_cls=APOLLOMiniConfig, build=build_apollo, source="optbench", reference=REFERENCE,
     search_space={"lr": LogUniform(1e-3, 3e-2), "scale": Choice((32.0, 128.0, 512.0))},
+    capabilities=Capabilities(fsdp="owner"),  # the norm of each projected matrix
 ))

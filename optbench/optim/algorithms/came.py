@@ -33,7 +33,7 @@ from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.factored import (clip_by_rms_, factored_ema_, factored_rsqrt, factored_zeros,
                                                 is_factored)
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -148,4 +148,5 @@ register(OptimizerSpec(
     reference="Luo et al. 2023 (ACL, arXiv:2307.02047); came-pytorch==0.1.3 (yangluo7/CAME)",
     search_space={"lr": LogUniform(3e-5, 3e-3), "beta3": Choice((0.9995, 0.9999, 0.99995)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # factored statistics: row and column means
 ))

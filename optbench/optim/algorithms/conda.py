@@ -41,7 +41,7 @@ from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import bias_correction, ema_, ema_sq_, pick, step_buckets, with_grads
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -163,4 +163,5 @@ register(OptimizerSpec(
     search_space={"lr": LogUniform(1e-4, 3e-2), "beta2": Choice((0.95, 0.99, 0.999)),
                   "scale": Choice((0.25, 0.5, 1.0)), "update_proj_gap": Choice((200, 500, 2000)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # SVD of each momentum matrix
 ))

@@ -38,7 +38,7 @@ from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.low_rank import (PROJ_TYPES, project, project_back, projection_side, refresh_due,
                                                 svd_projection)
 from optbench.optim.functional.moments import adam_denominator, bias_correction, ema_sq_, pick, step_buckets
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -186,4 +186,5 @@ register(OptimizerSpec(
     reference="Zhao et al. 2024, arXiv 2403.03507; galore-torch==1.0 (galore_torch.GaLoreAdamW, authors', Apache-2.0)",
     search_space={"lr": LogUniform(1e-3, 3e-2), "rank": Choice((128, 256, 512)),
                   "scale": Choice((0.125, 0.25, 0.5, 1.0)), "update_proj_gap": Choice((50, 200, 500))},
+    capabilities=Capabilities(fsdp="owner"),  # SVD of each gradient matrix
 ))

@@ -35,7 +35,7 @@ from optbench.errors import check, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import (adam_denominator, bias_correction, decay_, ema_sq_, pick,
                                                step_buckets, with_grads)
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -114,4 +114,5 @@ register(OptimizerSpec(
               "(Z-T-WANG/LaProp-Optimizer laprop.py for the denominator)",
     search_space={"lr": LogUniform(1e-4, 1e-2), "beta1": Choice((0.8, 0.9, 0.95)),
                   "beta2": Choice((0.95, 0.99, 0.999)), "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="shards"),
 ))

@@ -28,7 +28,7 @@ from optbench.optim.functional.cautious import cautious_
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import with_grads
 from optbench.optim.functional.sign import lion_direction, lion_momentum_, sign_step_
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -96,6 +96,7 @@ register(OptimizerSpec(
     name="lion", config_cls=LionConfig, build=build_lion, source="optbench",
     reference="Chen et al. 2023 (arXiv:2302.06675); lion-pytorch==0.2.5 Lion (matches google/automl lion)",
     search_space=SEARCH_SPACE,
+    capabilities=Capabilities(fsdp="shards"),
 ))
 
 register(OptimizerSpec(
@@ -103,4 +104,5 @@ register(OptimizerSpec(
     reference="Liang et al. 2024 (arXiv:2411.16085), kyleliang919/C-Optim c_lion.py; "
               "pytorch-optimizer==4.1.0 Lion(cautious=True)",
     search_space=SEARCH_SPACE,
+    capabilities=Capabilities(fsdp="owner"),  # the mask rescales each tensor by numel / (nnz + 1)
 ))

@@ -61,7 +61,7 @@ from optbench.optim.functional.moments import (adam_denominator, bias_correction
                                                with_grads)
 from optbench.optim.functional.newton_schulz import NS_DTYPES, newton_schulz, resolve_dtype
 from optbench.optim.functional.variance_reduction import clip_unit_norms_, corrected_gradients
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 VARIANTS = ("adamw", "lion", "shampoo")
@@ -282,6 +282,7 @@ register(OptimizerSpec(
               "made the reference's)",
     search_space={"lr": LogUniform(3e-4, 3e-2), "gamma": GAMMAS, "beta1": Choice((0.9, 0.95)),
                   "beta2": Choice((0.95, 0.99)), "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # Clip(c, 1) by each tensor's norm
 ))
 
 register(OptimizerSpec(
@@ -289,6 +290,7 @@ register(OptimizerSpec(
     reference=f"{PAPER}; checked by hand and against pytorch-optimizer==4.1.0 MARS(mars_type='lion')",
     search_space={"lr": LogUniform(3e-5, 3e-3), "gamma": GAMMAS, "beta1": Choice((0.9, 0.95, 0.99)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # Clip(c, 1) by each tensor's norm
 ))
 
 register(OptimizerSpec(
@@ -297,4 +299,5 @@ register(OptimizerSpec(
               "float32)",
     search_space={"lr": LogUniform(3e-4, 3e-2), "gamma": GAMMAS, "beta1": Choice((0.9, 0.95)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),  # Newton-Schulz; Clip(c, 1) by each tensor's norm
 ))

@@ -60,7 +60,7 @@ from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.learned import features as F
 from optbench.optim.learned.mulo_net import MLP, MetaMLP
 from optbench.optim.learned.weights import construct, load_net, locate, randomize_, save_net
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import LogUniform
 
 PYLO = "PyLO (Belilovsky-Lab/pylo) pylo/optim/MuLO_naive.py@e9c898b9 + AdafacLO_naive.py@1f959f00"
@@ -156,7 +156,6 @@ class MuLO(torch.optim.Optimizer):
                 if group.get("role") == "matrix" and "lr_mult" not in group and p.dim() != 2:
                     raise UserError(f"mulo scales hidden matrices by muP's fan_in and needs them 2-D; "
                                     f"{name or 'a matrix parameter'} has shape {tuple(p.shape)}")
-                self.state[p].update(step=0, **F.init_accumulators(p, self._dims(p)))
         self.net = net
         self.decays = tuple(F.decays(d, o) for d, o in ((F.INITIAL_MOMENTUM_DECAYS, MOMENTUM_DECAY_OFFSETS),
                                                         (F.INITIAL_RMS_DECAYS, RMS_DECAY_OFFSETS),
@@ -173,6 +172,8 @@ class MuLO(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if not self.state[p]:  # at the first step, not in __init__: under FSDP2 only p's owner steps it
+                    self.state[p].update(step=0, **F.init_accumulators(p, self._dims(p)))
                 if self.decays[0].device != p.device:
                     self.net.to(p.device)
                     self.decays = tuple(d.to(p.device) for d in self.decays)
@@ -198,4 +199,5 @@ register(OptimizerSpec(
     reference=f"Therien et al. 2024 (arXiv 2406.00153), small_fc_lopt (arXiv 2203.11860); {PYLO} with weights "
               f"{MLP.repo_id}",
     search_space={"lr": LogUniform(0.1, 10.0)},
+    capabilities=Capabilities(fsdp="owner"),  # factored features and per-tensor norms
 ))

@@ -198,7 +198,7 @@ register(OptimizerSpec(
     reference="Jordan et al. 2024 (Muon); muon-optimizer==0.1.0 muon.SingleDeviceMuon / muon_update",
     search_space={"lr": LogUniform(3e-3, 0.1), "momentum": Choice((0.9, 0.95, 0.98)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(matrix_only=True),
+    capabilities=Capabilities(fsdp="owner", matrix_only=True),
 ))
 
 register(OptimizerSpec(
@@ -207,5 +207,5 @@ register(OptimizerSpec(
               "arXiv 2502.16982); epfml/llm-baselines src/optim/muon.py DistributedMuon @ 0d6905e",
     search_space={"lr": LogUniform(1e-4, 1e-2), "momentum": Choice((0.9, 0.95, 0.98)),
                   "weight_decay": Choice((0.0, 0.1, 0.5))},
-    capabilities=Capabilities(matrix_only=True),
+    capabilities=Capabilities(fsdp="owner", matrix_only=True),
 ))

@@ -60,5 +60,5 @@ register(OptimizerSpec(
               f"(torch {torch.__version__.split('+')[0]})",
     search_space={"lr": LogUniform(2e-4, 2e-2), "beta2": Choice((0.95, 0.98, 0.99, 0.999)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(fsdp=True),
+    capabilities=Capabilities(fsdp="shards"),
 ))

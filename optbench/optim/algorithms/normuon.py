@@ -120,5 +120,5 @@ register(OptimizerSpec(
               "checked step by step against pytorch-optimizer==4.1.0 NorMuon",
     search_space={"lr": LogUniform(3e-3, 0.1), "momentum": Choice((0.9, 0.95)), "beta2": Choice((0.9, 0.95, 0.99)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(matrix_only=True),
+    capabilities=Capabilities(fsdp="owner", matrix_only=True),
 ))

@@ -31,7 +31,7 @@ import torch
 
 from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_unit_interval
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 SOURCE = f"prodigyopt=={version('prodigyopt')}"
@@ -91,4 +91,7 @@ register(OptimizerSpec(
     reference=f"Mishchenko & Defazio 2023, Prodigy (arXiv 2306.06101); {SOURCE} Prodigy (konstmish/prodigy)",
     search_space={"lr": LogUniform(0.1, 10.0), "d_coef": Choice((0.5, 1.0, 2.0)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(
+        fsdp="refused", fsdp_refusal="its step size d comes from sums over every parameter (prodigyopt's FSDP "
+                                     "support is for FSDP1's flat shards, not FSDP2's DTensors)"),
 ))

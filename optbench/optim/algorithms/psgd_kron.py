@@ -22,7 +22,9 @@ Deliberate deviations from kron_torch, all for reproducibility:
 - Resume is bit-identical: the schedule's counters live in each param group (kron_torch keeps them as Python
   attributes, outside its state_dict), and the probe vectors v come from a generator re-seeded every step
   from (seed, step) (`noise_seed`) instead of the global RNG. Seeding torch's global RNG with
-  `noise_seed(seed, t)` before kron_torch's step t gives kron_torch the same probes (tests do this).
+  `noise_seed(seed, t)` before kron_torch's step t gives kron_torch the same probes (tests do this). The
+  stream runs through the parameters in order, so under FSDP2 a rank also draws (and drops) the probes of the
+  parameters other ranks own (`sharding.stepped_elsewhere`): each probe is the one a single process draws.
 - Balancing happens on every 100th preconditioner update instead of with probability 0.01 per update from
   `random.Random(42)`: the same rate without a hidden stream. It leaves Q (the Kronecker product) unchanged.
 - Nothing is printed, and nothing is torch.compile'd (kron_torch compiles its kernels at import).
@@ -38,7 +40,8 @@ from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional import kron
 from optbench.optim.functional.closure import evaluate_closure
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.functional.sharding import stepped_elsewhere
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -180,6 +183,10 @@ class PSGDKron(torch.optim.Optimizer):
             beta, precond_dtype = group["momentum"], DTYPES[group["precond_dtype"]]
             for p in group["params"]:
                 if p.grad is None:
+                    elsewhere = stepped_elsewhere(p)
+                    if do_update and elsewhere is not None:  # its probe, drawn as its owner draws it (FSDP2)
+                        torch.randn(p.numel(), dtype=precond_dtype, device=elsewhere,
+                                    generator=self._generator(elsewhere, seed))
                     continue
                 state = self._init_state(p, group)
                 state["step"] += 1
@@ -219,4 +226,5 @@ register(OptimizerSpec(
               "kron_torch.Kron (Evan Walters, CC-BY-4.0), checked step by step",
     search_space={"lr": LogUniform(1e-4, 3e-3), "momentum": Choice((0.9, 0.95)),
                   "precond_lr": Choice((0.05, 0.1, 0.3)), "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),
 ))

@@ -86,5 +86,5 @@ register(OptimizerSpec(
               "GPT-2/RMNP/optimizers/rmnp.py @ d01a1b5 (checked against its equations by hand)",
     search_space={"lr": LogUniform(1e-3, 0.1), "momentum": Choice((0.9, 0.95, 0.98)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(matrix_only=True),
+    capabilities=Capabilities(fsdp="owner", matrix_only=True),  # row norms over the last dimension
 ))

@@ -155,7 +155,7 @@ register(OptimizerSpec(
     reference=f"{PAPER}; {SOURCE} AdamWScheduleFree (facebookresearch/schedule_free)",
     search_space={"lr": LogUniform(3e-4, 3e-2), "beta1": Choice((0.9, 0.95, 0.98)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
-    capabilities=Capabilities(train_eval_modes=True),
+    capabilities=Capabilities(fsdp="shards", train_eval_modes=True),
 ))
 
 register(OptimizerSpec(
@@ -163,5 +163,5 @@ register(OptimizerSpec(
     reference=f"{PAPER}; {SOURCE} SGDScheduleFree (facebookresearch/schedule_free)",
     search_space={"lr": LogUniform(0.01, 10.0), "momentum": Choice((0.9, 0.95, 0.98)),
                   "weight_decay": Choice((0.0, 1e-5, 1e-4))},
-    capabilities=Capabilities(train_eval_modes=True),
+    capabilities=Capabilities(fsdp="shards", train_eval_modes=True),
 ))

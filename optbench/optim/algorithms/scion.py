@@ -53,7 +53,7 @@ from optbench.config.schema import OptimConfig
 from optbench.errors import check, check_choice, check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.newton_schulz import NS_DTYPES, orthogonalize
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 Tensors = list[torch.Tensor]
@@ -199,4 +199,5 @@ register(OptimizerSpec(
               "checked against pytorch-optimizer==4.1.0 SCION",
     search_space={"lr": LogUniform(2 ** -12, 2 ** -5), "momentum": Choice((0.5, 0.9, 0.95)),
                   "head_scale": Choice((10.0, 30.0, 100.0)), "matrix_scale": Choice((1.0, 3.0, 10.0))},
+    capabilities=Capabilities(fsdp="owner"),  # Newton-Schulz, column and RMS norms per tensor
 ))

@@ -40,5 +40,5 @@ register(OptimizerSpec(
     name="sgd", config_cls=SGDConfig, build=build_sgd, source="torch.optim",
     reference=f"Sutskever et al. 2013 (Nesterov momentum); torch.optim.SGD (torch {torch.__version__.split('+')[0]})",
     search_space={"lr": LogUniform(1e-3, 1.0), "momentum": Choice((0.9, 0.95, 0.98))},
-    capabilities=Capabilities(fsdp=True),
+    capabilities=Capabilities(fsdp="shards"),
 ))

@@ -59,7 +59,7 @@ from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, inverse_root, merge_small_dims, split_blocks,
                                                        update_factors_)
 from optbench.optim.functional.sharding import run_sharded
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 GRAFTINGS = ("adam", "rmsprop", "adagrad", "sgd", "none")
@@ -295,4 +295,5 @@ register(OptimizerSpec(
     search_space={"lr": LogUniform(1e-4, 1e-2), "epsilon": Choice((1e-12, 1e-10, 1e-8, 1e-6)),
                   "precondition_frequency": Choice((10, 20, 50, 100)),
                   "weight_decay": Choice((0.0, 1e-5, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),
 ))

@@ -23,7 +23,7 @@ from optbench.errors import check_unit_interval
 from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.moments import ema_, with_grads
 from optbench.optim.functional.sign import sign_step_, signs
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 
@@ -90,6 +90,7 @@ register(OptimizerSpec(
     name="signsgd", config_cls=SignSGDConfig, build=build_signsgd, source="optbench",
     reference=f"{_REFERENCE} (momentum=0)",
     search_space={"lr": LogUniform(1e-5, 1e-2), "weight_decay": Choice((0.0, 0.1, 1.0))},
+    capabilities=Capabilities(fsdp="shards"),
 ))
 
 register(OptimizerSpec(
@@ -97,4 +98,5 @@ register(OptimizerSpec(
     reference=f"{_REFERENCE} (momentum=0.9, the paper's EMA)",
     search_space={"lr": LogUniform(1e-5, 1e-2), "momentum": Choice((0.9, 0.95, 0.99)),
                   "weight_decay": Choice((0.0, 0.1, 1.0))},
+    capabilities=Capabilities(fsdp="shards"),
 ))

@@ -43,7 +43,7 @@ from optbench.optim.functional.closure import evaluate_closure
 from optbench.optim.functional.preconditioners import (contract, eigenbasis, merge_small_dims,
                                                        refresh_eigenbasis, update_factors_)
 from optbench.optim.functional.sharding import Job, run_sharded
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 from optbench.optim.search_space import Choice, LogUniform
 
 REFERENCE_COMMIT = "f42d296cb4146a67fbe811371e6badb9a39cc54d"
@@ -208,4 +208,5 @@ register(OptimizerSpec(
     search_space={"lr": LogUniform(3e-4, 3e-2), "beta2": Choice((0.95, 0.99)),
                   "precondition_frequency": Choice((1, 10, 32, 100)),
                   "weight_decay": Choice((0.0, 0.01, 0.1))},
+    capabilities=Capabilities(fsdp="owner"),
 ))

@@ -166,5 +166,5 @@ register(OptimizerSpec(
               "(= sophia-opt==0.2.2 SophiaG)",
     search_space={"lr": LogUniform(3e-5, 3e-3), "rho": Choice((0.01, 0.02, 0.04, 0.1)),
                   "weight_decay": Choice((0.0, 0.1, 0.2))},
-    capabilities=Capabilities(hessian_pass=True),
+    capabilities=Capabilities(fsdp="shards", hessian_pass=True),  # elementwise, the Hessian pass's gradients too
 ))

@@ -26,7 +26,7 @@ import torch
 from optbench.config.schema import OptimConfig
 from optbench.errors import UserError, check, closest
 from optbench.optim.algorithms.adamw import AdamWConfig
-from optbench.optim.registry import OptimizerSpec, register
+from optbench.optim.registry import Capabilities, OptimizerSpec, register
 
 SET_ELSEWHERE = ("lr", "weight_decay")
 """Constructor keywords optbench sets itself: the schedule scales lr and the routing decides who decays."""
@@ -136,4 +136,7 @@ register(OptimizerSpec(
     reference="the class optim.target names; tests/optim/test_torch_class.py checks torch.optim.RMSprop through it "
               "step by step",
     adapter=True,
+    capabilities=Capabilities(
+        fsdp="refused",
+        fsdp_refusal="the class it wraps may read whole tensors or several at once, which optbench cannot tell"),
 ))

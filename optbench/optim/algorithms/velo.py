@@ -237,5 +237,7 @@ register(OptimizerSpec(
     name="velo", config_cls=VeLOConfig, build=build_velo, source="optbench",
     reference=f"Metz et al. 2022 (arXiv 2211.09760); {PYLO} with weights {RNN.repo_id} + {MLP.repo_id}",
     search_space={"lr": LogUniform(0.1, 10.0)},
-    capabilities=Capabilities(needs_horizon=True, observes_loss=True),
+    capabilities=Capabilities(
+        needs_horizon=True, observes_loss=True, fsdp="refused",
+        fsdp_refusal="its LSTM reads summaries of every tensor at once (a max over tensors), which no rank holds"),
 ))

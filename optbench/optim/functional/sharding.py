@@ -5,24 +5,49 @@ Newton–Schulz iterations, eigendecompositions or inverse roots. Instead, job i
 i % world and its owner broadcasts what it wrote (as modded-nanogpt's distributed Muon does with an
 all-gather): the same numbers on every rank, 1/world of the work on each. Without an initialised
 process group (one process) every job simply runs here.
+
+Under FSDP2 the roles turn around (optbench/training/fsdp_optimizer.py): each whole tensor already has one owner
+rank that steps it alone, so inside that step (`local_only`) the work is not split again, and a rank's optimizer
+sees the tensors other ranks step (`stepped_elsewhere`) without their gradients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+_local_only = False
 
 Job = tuple[Callable[[], None], Sequence[torch.Tensor]]
 """(work that writes its results in place, the tensors it writes)."""
 
 
 def world() -> tuple[int, int]:
-    """(size, rank) of the default process group, or (1, 0) without one."""
-    if dist.is_available() and dist.is_initialized():
+    """(size, rank) of the default process group, or (1, 0) without one or inside `local_only`."""
+    if dist.is_available() and dist.is_initialized() and not _local_only:
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Run every job here and share nothing: an FSDP owner's step, which other ranks do not take part in."""
+    global _local_only
+    outer, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = outer
+
+
+def stepped_elsewhere(p: torch.Tensor) -> torch.device | None:
+    """The device another rank steps `p` on in this step (FSDP2: p's owner; here p has no gradient), else None.
+    An optimizer whose random stream runs through its parameters in order draws p's share of it anyway, so the
+    stream stays where one process's is (PSGD-Kron's probes)."""
+    return getattr(p, "stepped_elsewhere_on", None)
 
 
 def broadcast_from_owners(tensors: Sequence[torch.Tensor], owners: Sequence[int]) -> None:
