@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from filelock import FileLock
 from optuna.trial import TrialState
 
 from optbench.bench import layout
@@ -37,11 +36,9 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
     """Run trials until the suite is done (or `max_trials` ran); returns how many this worker ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, suite.execution)
-    lock = FileLock(layout.lock_file(out))
     ran = 0
     while max_trials is None or ran < max_trials:
-        with lock:
-            claim = claim_next(suite, storage)
+        claim = claim_next(suite, storage, stamp=lambda found: stamp(out, found, worker_id))
         if claim is DONE:
             break
         if claim is WAIT:
@@ -49,9 +46,20 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
             continue
         assert isinstance(claim, Claim)
         with heartbeat(storage, claim.trial._trial_id, suite.execution.heartbeat_s):
-            run_trial(suite, out, claim, worker_id, threads)
+            run_trial(suite, out, claim, threads)
         ran += 1
     return ran
+
+
+def stamp(out: Path, claim: Claim, worker_id: str) -> dict[str, Any]:
+    """The user attributes a claimed trial gets in its claim: where it runs, on which worker, with which code."""
+    env = environment()
+    return {"run_dir": str(run_path(out, claim)), "worker": worker_id, "git_commit": env["git_commit"],
+            "versions": env["versions"]}
+
+
+def run_path(out: Path, claim: Claim) -> Path:
+    return layout.run_dir(out, claim.scenario.name, claim.entry.name, run_key(claim.hparams, claim.seed))
 
 
 @contextmanager
@@ -73,22 +81,17 @@ def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
         thread.join()
 
 
-def run_trial(suite: Suite, out: Path, claim: Claim, worker_id: str, threads: int | None) -> None:
+def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None) -> None:
     """Train the claimed configuration and tell the study its final validation loss."""
     from optbench.training.trainer import Trainer
 
-    run = layout.run_dir(out, claim.scenario.name, claim.entry.name, run_key(claim.hparams, claim.seed))
+    run = run_path(out, claim)
     overrides = run_overrides(suite, claim.scenario, claim.entry, claim.hparams, claim.seed)
     control = [f"run.dir={run}", "run.progress=false", "run.resume=auto",
                f"run.ckpt_every={suite.execution.ckpt_every}"]
     if threads:
         control.append(f"train.threads={threads}")
     trial = claim.trial
-    trial.set_user_attr("run_dir", str(run))
-    trial.set_user_attr("worker", worker_id)
-    env = environment()
-    trial.set_user_attr("git_commit", env["git_commit"])
-    trial.set_user_attr("versions", env["versions"])
     discard_dead_attempt(run)
     try:
         cfg = compose(overrides + control)
