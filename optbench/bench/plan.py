@@ -79,9 +79,14 @@ def study_name(suite: Suite, scenario: str, optimizer: str, phase: str) -> str:
 
 def load_study(suite: Suite, storage, scenario: str, optimizer: str, phase: str,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """The study, made on first use: looked up first, since making one that exists costs a failed insert (and every
+    claim opens its studies)."""
     name = study_name(suite, scenario, optimizer, phase)
-    return optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-                               pruner=pruner)
+    try:
+        return optuna.Study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        return optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                   pruner=pruner)
 
 
 def tuning_phase(index: int) -> str:
@@ -101,13 +106,16 @@ Stamp = Callable[[Claim], dict[str, Any]]
 
 
 def claim_next(suite: Suite, storage, stamp: Stamp | None = None) -> Claim | Next:
-    """The next trial to run, claimed (and stamped) in one transaction; WAIT if only running trials remain to
-    decide; DONE at the end."""
+    """The next trial to run, claimed (stamped, its first heartbeat recorded) in one transaction; WAIT if only
+    running trials remain to decide; DONE at the end."""
     with claim_transaction(storage, suite.name) as (view, connection):
         found = _first(suite, view, Index(connection, suite.name))
-        if isinstance(found, Claim) and stamp is not None:
-            for key, value in stamp(found).items():
+        if isinstance(found, Claim):
+            for key, value in (stamp(found) if stamp is not None else {}).items():
                 found.trial.set_user_attr(key, value)
+            # Alive from its claim: a RUNNING trial without a heartbeat is never taken for a dead worker's, so a
+            # worker dying between its claim and its first beat would leave the trial running forever.
+            view.record_heartbeat(found.trial._trial_id)
     return _bound(found, storage) if isinstance(found, Claim) else found
 
 

@@ -44,7 +44,7 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, suite.execution)
     warm = Warm()
-    ran = 0
+    ran, idle_s = 0, 0.0
     while max_trials is None or ran < max_trials:
         clock = Clock()
         with clock.timed("claim"):
@@ -53,12 +53,14 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
             break
         if claim is WAIT:
             time.sleep(POLL_S)
+            idle_s += clock.claim + POLL_S
             continue
         assert isinstance(claim, Claim)
         with heartbeat(storage, claim.trial._trial_id, suite.execution.heartbeat_s):
             run_trial(suite, out, claim, threads, warm, clock)
         print(clock.line(claim), flush=True)
         ran += 1
+    print(f"worker {worker_id}: {ran} trials, idle {idle_s:.2f} s waiting for other workers' trials", flush=True)
     return ran
 
 
@@ -100,14 +102,14 @@ class Clock:
 
 @contextmanager
 def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
-    """Record the trial's heartbeat every `interval_s` from a daemon thread while the block runs."""
+    """Record the trial's heartbeat every `interval_s` from a daemon thread while the block runs (the first was
+    recorded by the claim)."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval_s):
             storage.record_heartbeat(trial_id)
 
-    storage.record_heartbeat(trial_id)
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:
