@@ -23,12 +23,17 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy import event, orm
 
+from optbench.errors import UserError
+
+DIALECTS = ("sqlite", "postgresql")
+
 _claim_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per storage, the engine its claims connect through (SQLite needs one of its own; see `_claim_engine`)."""
 
 
 @contextmanager
-def claim_transaction(storage: optuna.storages.RDBStorage, suite_name: str) -> Iterator[tuple]:
+def claim_transaction(storage: optuna.storages.RDBStorage,
+                      suite_name: str) -> Iterator[tuple[optuna.storages.RDBStorage, sa.Connection]]:
     """(view, connection): a storage whose every operation joins this transaction, and the transaction's own
     connection (for the claim index). Committed when the block ends, rolled back if it raises."""
     engine = _claim_engine(storage)
@@ -40,6 +45,15 @@ def claim_transaction(storage: optuna.storages.RDBStorage, suite_name: str) -> I
             yield view, connection
         finally:
             view.scoped_session.remove()
+
+
+def check_dialect(url: str) -> None:
+    """Claims exclude each other only where this module knows how: in a database of another kind two workers could
+    claim one configuration."""
+    dialect = sa.engine.make_url(url).get_backend_name()
+    if dialect not in DIALECTS:
+        raise UserError(f"--storage {url}: workers claim trials in SQLite or PostgreSQL only, not {dialect}; "
+                        "valid: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB")
 
 
 def _view(storage: optuna.storages.RDBStorage, connection: sa.Connection) -> optuna.storages.RDBStorage:

@@ -14,6 +14,7 @@ import optuna
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from optbench.bench import claim_index
+from optbench.bench.claim_transaction import check_dialect
 from optbench.bench.suite import Execution
 from optbench.errors import UserError
 
@@ -24,6 +25,7 @@ SQLITE_TIMEOUT_S = 120
 def open_storage(url: str, execution: Execution) -> optuna.storages.RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:
+        check_dialect(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
