@@ -45,12 +45,14 @@ def loads(monkeypatch):
     """The names of the studies opened on the storage, in order: every load of a study (optuna.Study,
     optuna.create_study) looks its name up, or tries to create it first."""
     opened: list[str] = []
-    storage_class = optuna.storages.RDBStorage
-    for method in ("get_study_id_from_name", "create_new_study"):
-        def recording(self, *args, _real=getattr(storage_class, method), **kwargs):
-            opened.append(kwargs.get("study_name") or (args[-1] if args else None))
-            return _real(self, *args, **kwargs)
-        monkeypatch.setattr(storage_class, method, recording)
+
+    def recording(real):
+        def method(self, *args, **kwargs):
+            opened.append(kwargs.get("study_name") or args[-1])  # the study name is the last argument of both
+            return real(self, *args, **kwargs)
+        return method
+    for name in ("get_study_id_from_name", "create_new_study"):
+        monkeypatch.setattr(optuna.storages.RDBStorage, name, recording(getattr(optuna.storages.RDBStorage, name)))
     return opened
 
 
