@@ -1,8 +1,8 @@
 """Where a suite's results live; `optbench report` reads only this folder.
 
     OUT/suite.yaml                      the suite as run (registry search spaces filled in)
-    OUT/study.db                        the Optuna storage (SQLite; or a PostgreSQL URL given instead)
-    OUT/bench.lock                      serialises planning between workers (any machine sharing OUT)
+    OUT/study.db                        the Optuna storage (SQLite; or a PostgreSQL URL given instead), with the
+                                        claim index; claims are serialised in it (bench/claim_transaction.py)
     OUT/workers/<id>.log                each worker's output
     OUT/runs/<scenario>/<optimizer>/seed<S>-<hash>/
                                         ordinary run directories, each with a trial.json:
@@ -45,10 +45,6 @@ def suite_file(out: Path) -> Path:
 
 def sqlite_url(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
-
-
-def lock_file(out: Path) -> Path:
-    return Path(out) / "bench.lock"
 
 
 def runs_dir(out: Path) -> Path:

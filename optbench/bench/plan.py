@@ -1,28 +1,33 @@
-"""What runs next: each worker, holding the suite's lock, claims one trial from the Optuna studies.
+"""What runs next: each worker claims one trial from the Optuna studies, in one transaction of the study storage.
 
 Every (scenario, optimizer) has a `tune` study and, once tuning is over, a `final` study (its best
 hyperparameters over the final seeds). A claimed trial is RUNNING in the storage with everything a
 worker needs in its user attributes (`hparams`, `seed`), so a trial requeued after its worker died
 runs the same configuration in the same run directory and resumes from its checkpoint.
 
-Grid points, coordinate-descent lines and final seeds are enqueued and popped in one locked step;
-TPE asks Optuna's sampler. Because claiming is serialised, no configuration is claimed twice.
+Grid points, coordinate-descent lines and final seeds are enqueued and popped in one claim; TPE asks Optuna's
+sampler. Claims are serialised by the storage itself (claim_transaction.py), so no configuration is claimed
+twice; studies found done are listed in the claim index (claim_index.py) and never loaded by a claim again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import itertools
-from collections.abc import Iterator
 import json
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optbench.bench.claim_index import Index, Mark
+from optbench.bench.claim_transaction import claim_transaction
 from optbench.bench.extend import explored, find_edge
 from optbench.bench.suite import OptimizerEntry, Scenario, Suite, defaults, search_space
 from optbench.optim.search_space import Choice, Dimension, LogUniform, SearchSpace, grid_points
@@ -74,9 +79,14 @@ def study_name(suite: Suite, scenario: str, optimizer: str, phase: str) -> str:
 
 def load_study(suite: Suite, storage, scenario: str, optimizer: str, phase: str,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """The study, made on first use: looked up first, since making one that exists costs a failed insert (and every
+    claim opens its studies)."""
     name = study_name(suite, scenario, optimizer, phase)
-    return optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-                               pruner=pruner)
+    try:
+        return optuna.Study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        return optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+                                   pruner=pruner)
 
 
 def tuning_phase(index: int) -> str:
@@ -91,31 +101,81 @@ def seed_sampler(study: optuna.Study, suite: Suite, n_trials: int, index: int = 
     study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def claim_next(suite: Suite, storage) -> Claim | Next:
-    """The next trial to run, claimed; WAIT if only running trials remain to decide; DONE at the end."""
+Stamp = Callable[[Claim], dict[str, Any]]
+"""User attributes to set on a claimed trial within its claim (the worker's run directory, name, versions)."""
+
+
+def claim_next(suite: Suite, storage, stamp: Stamp | None = None) -> Claim | Next:
+    """The next trial to run, claimed (stamped, its first heartbeat recorded) in one transaction; WAIT if only
+    running trials remain to decide; DONE at the end."""
+    with claim_transaction(storage, suite.name) as (view, connection):
+        found = _first(suite, view, Index(connection, suite.name))
+        if isinstance(found, Claim):
+            for key, value in (stamp(found) if stamp is not None else {}).items():
+                found.trial.set_user_attr(key, value)
+            # Alive from its claim: a RUNNING trial without a heartbeat is never taken for a dead worker's, so a
+            # worker dying between its claim and its first beat would leave the trial running forever.
+            view.record_heartbeat(found.trial._trial_id)
+    return _bound(found, storage) if isinstance(found, Claim) else found
+
+
+def _first(suite: Suite, view, index: Index) -> Claim | Next:
     waiting = False
     for scenario, entry in suite.pairs():
-        for outcome in _outcomes(suite, storage, scenario, entry):
+        for outcome in _outcomes(suite, view, index, scenario, entry):
             if isinstance(outcome, Claim):
                 return outcome
             waiting = waiting or outcome is WAIT
     return WAIT if waiting else DONE
 
 
-def _outcomes(suite: Suite, storage, scenario: Scenario, entry: OptimizerEntry) -> Iterator[Claim | Next]:
+def _bound(claim: Claim, storage) -> Claim:
+    """The claim with its study and trial on `storage` itself: the claim's transaction ends when it is handed out."""
+    study = optuna.Study(study_name=claim.study.study_name, storage=storage)
+    return dataclasses.replace(claim, study=study, trial=optuna.Trial(study, claim.trial._trial_id))
+
+
+def fingerprint(suite: Suite, entry: OptimizerEntry, phase: str) -> str:
+    """What decides a study's plan: the tuning protocol and the optimizer's entry, and for a final study the final
+    seeds. A study marked done under one fingerprint is looked at again under another (claim_index.py)."""
+    decided: dict[str, Any] = {"tuning": dataclasses.asdict(suite.tuning), "optimizer": dataclasses.asdict(entry)}
+    if phase == "final":
+        decided["seeds"] = sorted(suite.final.seeds)
+    return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _outcomes(suite: Suite, view, index: Index, scenario: Scenario, entry: OptimizerEntry) -> Iterator[Claim | Next]:
     """Tuning study 0, then its best configuration over the final seeds, then the repeated tuning studies
-    (AlgoPerf's, `tuning.studies`), each at its own seed. Lazy: the caller stops at the first claim."""
-    for index in range(suite.tuning.studies):
-        tune = load_study(suite, storage, scenario.name, entry.name, tuning_phase(index))
-        trials = _trials(tune)
-        seed_sampler(tune, suite, len(trials), index)
-        outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, trials, index), index)
-        yield outcome
-        if index == 0 and outcome is DONE:
-            best = best_tuning(tune.get_trials(deepcopy=False))
-            if best is not None:  # else every trial diverged or failed: nothing to repeat over seeds
-                final = load_study(suite, storage, scenario.name, entry.name, "final")
-                yield _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
+    (AlgoPerf's, `tuning.studies`), each at its own seed; studies in the claim index are skipped. Lazy: the caller
+    stops at the first claim."""
+    key = fingerprint(suite, entry, "tune")
+    for number in range(suite.tuning.studies):
+        done = index.done(study_name(suite, scenario.name, entry.name, tuning_phase(number)), key)
+        if done is None:
+            tune = load_study(suite, view, scenario.name, entry.name, tuning_phase(number))
+            trials = _trials(tune)
+            seed_sampler(tune, suite, len(trials), number)
+            outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, trials, number),
+                                number)
+            if outcome is DONE:
+                done = Mark(key, best_tuning(tune.get_trials(deepcopy=False)) if number == 0 else None)
+                index.add(tune._study_id, done)
+            yield outcome
+        if number == 0 and done is not None and done.best is not None:
+            # (no best: every trial diverged or failed, and there is nothing to repeat over seeds)
+            yield from _final(suite, view, index, scenario, entry, done.best)
+
+
+def _final(suite: Suite, view, index: Index, scenario: Scenario, entry: OptimizerEntry,
+           best: dict[str, Any]) -> Iterator[Claim | Next]:
+    key = fingerprint(suite, entry, "final")
+    if index.done(study_name(suite, scenario.name, entry.name, "final"), key) is not None:
+        return
+    final = load_study(suite, view, scenario.name, entry.name, "final")
+    outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
+    if outcome is DONE:
+        index.add(final._study_id, Mark(key))
+    yield outcome
 
 
 def _trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -22,7 +22,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain, islice
 from pathlib import Path
@@ -50,6 +50,7 @@ class Prepared:
 
     dir: Path
     meta: dict[str, Any]
+    _tokenizer: Tokenizer | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def vocab_size(self) -> int:
@@ -66,8 +67,12 @@ class Prepared:
         return np.memmap(self.dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
 
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer the files were made with, rebuilt from meta.json."""
-        return from_meta(self.meta["tokenizer"])
+        """The tokenizer the files were made with, rebuilt from meta.json once (GPT-2's merge ranks take a tenth of
+        a second to read; a bench worker keeps its Prepared across trials). Tokenizers hold no state that encoding
+        or decoding changes, so every caller may share one."""
+        if self._tokenizer is None:
+            self._tokenizer = from_meta(self.meta["tokenizer"])
+        return self._tokenizer
 
 
 def load(cfg: DataConfig, *, progress: bool = True) -> Prepared:

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import platform
@@ -72,6 +74,14 @@ def _git(*args: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """What produced a run: enough to reproduce it or to explain a difference between two runs."""
+    return copy.deepcopy(_process_environment())
+
+
+@functools.cache
+def _process_environment() -> dict[str, Any]:
+    """Looked up once per process (two git commands and a dozen package lookups: tens of milliseconds, which a bench
+    worker would otherwise spend on every trial). The code a process runs is what it imported: a commit or an edit
+    made while it runs does not change it."""
     versions = {}
     for lib in LIBRARIES:
         try:

@@ -66,9 +66,12 @@ class Evaluations:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = ()):
+    def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = (),
+                 data: datalib.Prepared | None = None):
+        """`data`: cfg.data's prepared dataset where the caller holds it already (a bench worker, across trials)."""
         self.cfg = cfg
         self.observers = tuple(observers)
+        self.data = data
         self.console = console or Console(stderr=True)
         # The run's random streams are its own: seeded here, carried from construction into train(), and kept
         # apart from the caller's, as the thread count is.
@@ -90,7 +93,8 @@ class Trainer:
 
         if not self.world.is_main:
             distributed.barrier(self.world)  # rank 0 prepares the data first, the others then read it
-        self.data = datalib.load(cfg.data, progress=self.console.is_terminal and self.world.is_main)
+        if self.data is None:
+            self.data = datalib.load(cfg.data, progress=self.console.is_terminal and self.world.is_main)
         if self.world.is_main:
             distributed.barrier(self.world)
         self.tokenizer = self.data.tokenizer()

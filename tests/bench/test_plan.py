@@ -108,8 +108,7 @@ def test_running_trials_make_others_wait_for_the_line_and_for_the_final_phase(st
 
 def test_a_dead_workers_trial_is_requeued_with_its_configuration(storage):
     suite = make_suite("grid", seeds=(0,), heartbeat_s=1, grace_s=2)
-    first = plan.claim_next(suite, storage)
-    storage.record_heartbeat(first.trial._trial_id)  # then the worker dies: no more heartbeats
+    first = plan.claim_next(suite, storage)  # then the worker dies before it trains: no beat but the claim's
     time.sleep(3.5)  # past the 2 s grace (heartbeat times are stored to the second)
     claims = run_to_end(suite, storage)
     trials = first.study.get_trials()

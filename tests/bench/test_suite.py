@@ -139,9 +139,13 @@ def test_a_matrix_optimizers_backup_is_set_by_dotted_name(tmp_path):
         load_suite(write(tmp_path, optimizers=[{"name": "adamw"}, {"name": "muon", "fixed": {"backup.beta9": 1}}]))
 
 
-def test_an_unusable_storage_url_fails_before_anything_is_written(tmp_path, cli):
+@pytest.mark.parametrize("url, error", [
+    ("sqlite:////nonexistent-folder/study.db", "cannot open the study database"),
+    ("mysql://nobody@nowhere/db", "workers claim trials in SQLite or PostgreSQL only, not mysql"),  # claims unserialised
+])
+def test_an_unusable_storage_url_fails_before_anything_is_written(tmp_path, cli, url, error):
     out = tmp_path / "results"
-    proc = cli("bench", str(write(tmp_path)), "--out", str(out), "--storage", "mysql://nobody@nowhere/db")
+    proc = cli("bench", str(write(tmp_path)), "--out", str(out), "--storage", url)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("optbench: error: --storage mysql://nobody@nowhere/db: cannot open the study database")
+    assert proc.stderr.startswith(f"optbench: error: --storage {url}: {error}")
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

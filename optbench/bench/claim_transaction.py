@@ -1,0 +1,92 @@
+"""A claim as one short transaction against the study storage, serialised with every other claim of the suite.
+
+Everything a claim does (read the claim index, fail and requeue a dead worker's trials, enqueue and pop a trial,
+stamp it) runs through a view of the Optuna storage whose sessions live inside one database transaction, as
+savepoints. Claims exclude each other in the database itself, so no lock file on a shared filesystem is needed:
+
+    SQLite       the transaction begins IMMEDIATE: it holds the database's write lock from its first statement,
+                 so a second claim waits (up to the storage's busy timeout) until the first commits.
+    PostgreSQL   the transaction takes an advisory lock keyed by the suite's name, released when it commits or
+                 when a killed worker's connection drops; claims of other suites in the same database go on.
+
+A worker killed in the middle of a claim leaves nothing of it behind: the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy import event, orm
+
+from optbench.errors import UserError
+
+DIALECTS = ("sqlite", "postgresql")
+
+_claim_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per storage, the engine its claims connect through (SQLite needs one of its own; see `_claim_engine`)."""
+
+
+@contextmanager
+def claim_transaction(storage: optuna.storages.RDBStorage,
+                      suite_name: str) -> Iterator[tuple[optuna.storages.RDBStorage, sa.Connection]]:
+    """(view, connection): a storage whose every operation joins this transaction, and the transaction's own
+    connection (for the claim index). Committed when the block ends, rolled back if it raises."""
+    engine = _claim_engine(storage)
+    with engine.connect() as connection, connection.begin():
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(suite_name))))
+        view = _view(storage, connection)
+        try:
+            yield view, connection
+        finally:
+            view.scoped_session.remove()
+
+
+def check_dialect(url: str) -> None:
+    """Claims exclude each other only where this module knows how: in a database of another kind two workers could
+    claim one configuration."""
+    dialect = sa.engine.make_url(url).get_backend_name()
+    if dialect not in DIALECTS:
+        raise UserError(f"--storage {url}: workers claim trials in SQLite or PostgreSQL only, not {dialect}; "
+                        "valid: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB")
+
+
+def _view(storage: optuna.storages.RDBStorage, connection: sa.Connection) -> optuna.storages.RDBStorage:
+    """The storage with its sessions bound to `connection`: Optuna's commits become savepoints of the claim's
+    transaction. A shallow copy by hand: RDBStorage's own copy protocol (its pickling) opens a new engine."""
+    view = object.__new__(type(storage))
+    view.__dict__.update(storage.__dict__)
+    view.scoped_session = orm.scoped_session(orm.sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))
+    return view
+
+
+def _claim_engine(storage: optuna.storages.RDBStorage) -> sa.Engine:
+    """PostgreSQL: the storage's own engine. SQLite: an engine on the same file whose transactions begin
+    IMMEDIATE; pysqlite would otherwise begin them lazily at the first write, and savepoints need the
+    transaction under SQLAlchemy's control (SQLAlchemy's documented recipe for pysqlite)."""
+    if storage.engine.dialect.name != "sqlite":
+        return storage.engine
+    if storage not in _claim_engines:
+        engine = sa.create_engine(storage.url, **storage.engine_kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_connection, record) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        _claim_engines[storage] = engine
+    return _claim_engines[storage]
+
+
+def _lock_key(suite_name: str) -> int:
+    """The suite's advisory-lock key: a signed 64-bit number from its name."""
+    digest = hashlib.sha256(f"optbench-claim:{suite_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
