@@ -38,53 +38,43 @@ def save(fig: Figure, path: Path) -> Path:
 
 def loss_curves(bench: Bench, scenario: Scenario, palette: dict[str, str]) -> Figure | None:
     """Val loss against tokens of each optimizer's completed final runs: mean over seeds, min-max band."""
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.add_subplot()
-    drawn = False
+    bands = {}
     for entry in bench.suite.optimizers:
         runs = measures.completed(bench.select(scenario.name, entry.name, "final"))
         curve = measures.mean_curve(runs)
-        if curve.empty:
-            continue
-        color = palette[entry.name]
-        ax.plot(curve.index, curve["mean"], color=color, label=f"{entry.name} (n={len(runs)})")
-        ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2, linewidth=0)
-        drawn = True
-    if not drawn:
-        return None
-    if scenario.target_loss is not None:
-        ax.axhline(scenario.target_loss, color="grey", linestyle="--", linewidth=1, label="target")
-    _log_loss_axis(ax)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("validation loss")
-    ax.set_title(f"{scenario.name}: final runs")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    return fig
+        if not curve.empty:
+            bands[entry.name] = (curve.index, curve, len(runs))
+    return _loss_bands(bands, scenario, palette, "tokens", "final runs")
 
 
 def loss_vs_time(bench: Bench, scenario: Scenario, palette: dict[str, str]) -> Figure | None:
     """Val loss against wall-clock seconds of each optimizer's completed final runs: at each evaluation step all
     seeds share, the mean loss (min-max band) at the seeds' mean time. Shows what a faster step buys."""
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.add_subplot()
-    drawn = False
+    bands = {}
     for name, runs in progress.finals_by_optimizer(bench, scenario).items():
         curve = progress.loss_against_time(runs)
-        if curve.empty:
-            continue
-        color = palette[name]
-        ax.plot(curve["seconds"], curve["mean"], color=color, label=f"{name} (n={len(runs)})")
-        ax.fill_between(curve["seconds"], curve["min"], curve["max"], color=color, alpha=0.2, linewidth=0)
-        drawn = True
-    if not drawn:
+        if not curve.empty:
+            bands[name] = (curve["seconds"], curve, len(runs))
+    return _loss_bands(bands, scenario, palette, "wall-clock seconds", "final runs against time")
+
+
+def _loss_bands(bands: dict[str, tuple], scenario: Scenario, palette: dict[str, str], xlabel: str,
+                title: str) -> Figure | None:
+    """Per optimizer, (x, a frame with mean/min/max loss, seeds): a mean line over a min-max band; None if empty."""
+    if not bands:
         return None
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for name, (x, curve, n) in bands.items():
+        color = palette[name]
+        ax.plot(x, curve["mean"], color=color, label=f"{name} (n={n})")
+        ax.fill_between(x, curve["min"], curve["max"], color=color, alpha=0.2, linewidth=0)
     if scenario.target_loss is not None:
         ax.axhline(scenario.target_loss, color="grey", linestyle="--", linewidth=1, label="target")
     _log_loss_axis(ax)
-    ax.set_xlabel("wall-clock seconds")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss")
-    ax.set_title(f"{scenario.name}: final runs against time")
+    ax.set_title(f"{scenario.name}: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     return fig
