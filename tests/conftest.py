@@ -25,6 +25,22 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def optbench_cache(tmp_path_factory) -> Path:
+    """optbench's cache folder (lm-eval's task names) inside this session's temp folder, which pytest-xdist's
+    workers share: tests neither read nor write the user's ~/.cache/optbench, and the first to need lm-eval's
+    task index builds it for all. Subprocesses inherit the setting; it is restored at the end."""
+    session = tmp_path_factory.getbasetemp()
+    folder = (session.parent if os.environ.get("PYTEST_XDIST_WORKER") else session) / "optbench-cache"
+    before = os.environ.get("OPTBENCH_CACHE_DIR")
+    os.environ["OPTBENCH_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["OPTBENCH_CACHE_DIR"]
+    else:
+        os.environ["OPTBENCH_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data relative to the repository root, holding the offline corpora."""

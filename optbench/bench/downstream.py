@@ -47,10 +47,10 @@ def validate(spec: Downstream) -> None:
 def check_tasks(spec: Downstream) -> None:
     """Every task name exists (lm-eval installed, the `eval` extra): checked before a bench or its smoke test runs."""
     if spec.tasks:
-        from optbench.downstream.tasks import require_lm_eval, task_manager
+        from optbench.downstream.tasks import check_names, require_lm_eval
 
         require_lm_eval("the suite's downstream tasks")
-        task_manager(spec.tasks, spec.tasks_dir, "downstream.tasks")
+        check_names(spec.tasks, spec.tasks_dir, "downstream.tasks")
 
 
 def evaluate_final(spec: Downstream, run: Path) -> str | None:

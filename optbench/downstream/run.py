@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from optbench import data as datalib
 from optbench import models
 from optbench.config.schema import Config
-from optbench.downstream.tasks import require_lm_eval, task_manager
+from optbench.downstream.tasks import check_names, require_lm_eval, task_manager
 from optbench.errors import UserError, check, check_choice
 from optbench.export.run import WEIGHTS, read_config, read_weights
 from optbench.training import device as hw
@@ -92,7 +92,7 @@ def check_before_training(cfg: Config) -> None:
     ev = cfg.eval
     if ev.downstream:
         require_lm_eval("eval.downstream")
-        task_manager(ev.downstream, ev.downstream_tasks_dir, "eval.downstream")
+        check_names(ev.downstream, ev.downstream_tasks_dir, "eval.downstream")
 
 
 def after_training(cfg: Config, run_dir: Path, device: torch.device) -> None:
