@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -22,7 +22,7 @@ def local_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, DTensor):
+    if _is_dtensor(obj):
         return _tensor_bytes(obj.to_local())
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
@@ -31,3 +31,10 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, list | tuple):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
+
+
+def _is_dtensor(obj: Any) -> bool:
+    """Whether `obj` is a DTensor, without importing DTensor's module (~1 s of every process's start-up, for the
+    torch compiler it imports): where nothing imported it, no DTensor can exist."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(obj, module.DTensor)

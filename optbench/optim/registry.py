@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -78,10 +79,10 @@ def register(spec: OptimizerSpec) -> OptimizerSpec:
     if spec.name in OPTIMIZERS:
         first = OPTIMIZERS[spec.name].build.__module__
         raise ValueError(f"optimizer {spec.name!r} registered twice (first by {first})")
-    if spec.config_cls().name != spec.name:
+    if _default(spec.config_cls, "name") != spec.name:
         raise ValueError(f"{spec.config_cls.__name__}.name must default to {spec.name!r}")
     if spec.search_space is None:
-        spec = dataclasses.replace(spec, search_space={"lr": around_lr(spec.config_cls().lr)})
+        spec = dataclasses.replace(spec, search_space={"lr": around_lr(_default(spec.config_cls, "lr"))})
     unknown = set(spec.search_space) - _fields(spec.config_cls)
     if unknown:
         raise ValueError(f"search space of {spec.name!r} names unknown hyperparameters {sorted(unknown)}")
@@ -111,6 +112,13 @@ def _is_matrix_config(cls: type) -> bool:
 
     base = getattr(hybrid, "MatrixOptimConfig", None)
     return base is not None and issubclass(cls, base)
+
+
+def _default(config_cls: type, key: str) -> Any:
+    """A config field's declared default, read without building the config: a config's checks may be costly (an
+    adapter builds its class once; torch.optim's first construction imports torch's compiler, ~1 s)."""
+    declared = {f.name: f for f in dataclasses.fields(config_cls)}[key]
+    return declared.default_factory() if declared.default is dataclasses.MISSING else declared.default
 
 
 def _fields(cls: type) -> set[str]:
