@@ -14,7 +14,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from optuna.storages import BaseStorage
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.storages._rdb.models import StudyModel, TrialModel, TrialUserAttributeModel
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
@@ -58,30 +60,38 @@ def planned_trials(suite: Suite) -> int:
     return total
 
 
-def count_trials(suite: Suite, storage: BaseStorage) -> Counts:
+def count_trials(suite: Suite, storage: RDBStorage) -> Counts:
     """The suite's trials in `storage` by state. A failed trial counts as done only when it crashed (it carries
-    an error); one a stopped worker failed is requeued and is counted again as its new attempt."""
-    names = {s.study_name for s in storage.get_all_studies()}
-    phases = [tuning_phase(k) for k in range(suite.tuning.studies)] + ["final"]
+    an error); one a stopped worker failed is requeued and is counted again as its new attempt.
+
+    One query, whatever the number of studies: the view refreshes every few seconds beside the workers' claims,
+    and loading each study's trials (two round trips a study, every trial's attributes) would make it the
+    storage's heaviest client on a large suite."""
+    planned = {study_name(suite, scenario.name, entry.name, phase) for scenario, entry in suite.pairs()
+               for phase in [tuning_phase(k) for k in range(suite.tuning.studies)] + ["final"]}
+    studies, trials, attrs = StudyModel.__table__, TrialModel.__table__, TrialUserAttributeModel.__table__
+    crashed = sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == "error")
+    query = (sa.select(studies.c.study_name, trials.c.state, crashed, trials.c.datetime_start,
+                       trials.c.datetime_complete)
+             .join_from(trials, studies, trials.c.study_id == studies.c.study_id)
+             .where(studies.c.study_name.startswith(f"{suite.name}/", autoescape=True),
+                    trials.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING])))
     finished = failed = running = 0
     seconds = 0.0
-    for scenario, entry in suite.pairs():
-        for phase in phases:
-            name = study_name(suite, scenario.name, entry.name, phase)
-            if name not in names:
-                continue
-            for trial in storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False):
-                if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                    finished += 1
-                elif trial.state == TrialState.FAIL and "error" in trial.user_attrs:
-                    failed += 1
-                elif trial.state == TrialState.RUNNING:
-                    running += 1
-                    continue
-                else:
-                    continue
-                if trial.datetime_start and trial.datetime_complete:
-                    seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
+    with storage.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    for name, state, error, start, complete in rows:
+        if name not in planned:  # a study of a scenario or optimizer the suite no longer lists
+            continue
+        if state == TrialState.RUNNING:
+            running += 1
+            continue
+        if state == TrialState.FAIL and not error:
+            continue
+        finished += state != TrialState.FAIL
+        failed += state == TrialState.FAIL
+        if start is not None and complete is not None:
+            seconds += (complete - start).total_seconds()
     return Counts(finished=finished, failed=failed, running=running, seconds=seconds)
 
 
@@ -113,7 +123,7 @@ class LiveView:
     REFRESH_S = 2.0
     LOG_EVERY_S = 60.0
 
-    def __init__(self, suite: Suite, storage: BaseStorage, workers: int, console: Console):
+    def __init__(self, suite: Suite, storage: RDBStorage, workers: int, console: Console):
         self.suite, self.storage, self.workers, self.console = suite, storage, workers, console
         self.planned = planned_trials(suite)
         self.read_at = self.logged_at = -math.inf

@@ -91,3 +91,28 @@ def test_in_a_log_the_view_prints_its_line_at_the_start_and_the_end(storage):
     lines = text.getvalue().splitlines()
     assert lines[0].startswith("plan-test: 0/13 trials · 0 running · 13 queued · ETA —")
     assert lines[1].startswith("plan-test: 1/13 trials · 0 running · 12 queued") and len(lines) == 2
+
+
+def test_counting_is_one_query_however_many_studies(storage):
+    """The view reads the storage every few seconds beside the workers' claims: one statement, not a load of each
+    study (the suite here has 3 optimizers x 2 phases, each with several trials)."""
+    import sqlalchemy as sa
+
+    from optbench.bench.suite import OptimizerEntry
+
+    suite = make_suite("grid", seeds=(0,), optimizers=[
+        OptimizerEntry(name, search={"lr": {"log": [1e-4, 1e-1], "grid": [1e-3, 1e-2]}}) for name in
+        ("adamw", "lion", "sgd")])
+    claims = run_to_end(suite, storage, objective=lambda hparams: math.log10(hparams["lr"]) ** 2)
+    statements = []
+
+    def record(connection, cursor, statement, *rest):
+        statements.append(statement)
+
+    sa.event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        counts = live.count_trials(suite, storage)
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", record)
+    assert counts.finished == len(claims) > 3 * 2
+    assert len(statements) == 1, statements
