@@ -13,7 +13,7 @@ the same on every rank (as DDP's all-reduce leaves them) or their shards (FSDP2)
   forward and backward, the same for every optimizer (DDP's all-reduce; FSDP2's all-gathers and reduce-scatters),
   plus the optimizer's own collectives (Muon's, SOAP's and Shampoo's broadcasts of the work split over DDP ranks;
   the owner ranks' all-to-alls under FSDP2), shown apart in brackets, averaged over --comm-steps further steps
-  (10 hold one of SOAP's eigenbasis refreshes; Shampoo's roots, every 100, and GaLore's projection, every 200, none).
+  (10 hold one of SOAP's eigenbasis refreshes, broadcast under DDP; none of Shampoo's root refreshes, every 100).
 
 Both are ratios to AdamW measured in the same run.
 """
