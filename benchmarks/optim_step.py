@@ -1,6 +1,7 @@
 """optimizer.step() time and optimizer-state bytes per parameter for every registered optimizer.
 
     python benchmarks/optim_step.py [--preset gpt2-124m] [--steps 5] [--only muon,soap] [--device cpu]
+    python benchmarks/optim_step.py --world-size 4 [...]     # under DDP and FSDP2 on 4 ranks: optim_step_ranks.py
 
 The parameter set is a real model's (GPT-2 124M by default: the routing sees embeddings, head,
 vectors and hidden matrices as in training). Gradients are fixed random tensors, so only the update
@@ -33,6 +34,7 @@ from optbench.optim.registry import make_config
 from optbench.optim.routing import route
 from optbench.training.optimizer_hooks import OptimizerHooks
 
+
 def split_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Hidden matrices (routing's `matrix` role) and everything else, for references that need the split."""
     roles = {id(r.param): r.role for r in route(model, make_config("adamw"))}
@@ -52,6 +54,13 @@ def stepper(optimizer: torch.optim.Optimizer, name: str | None) -> Callable[[], 
         hooks.before_step(3.0)
         optimizer.step()
     return step
+
+
+def learned_weights() -> dict[str, dict[str, str]]:
+    """optim.weights of the learned optimizers: random ones (the time of an update does not depend on them)."""
+    weights_dir = Path(tempfile.mkdtemp(prefix="optbench-random-weights-"))
+    return {name: {"weights": str(module.write_random_weights(weights_dir / name))}
+            for name, module in (("velo", velo), ("mulo", mulo))}
 
 
 def time_interleaved(steppers: list[Callable[[], None]], steps: int, device: torch.device) -> list[float]:
@@ -77,26 +86,38 @@ def time_interleaved(steppers: list[Callable[[], None]], steps: int, device: tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gpt2-124m")
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model override on top of the preset (model.n_layer=4), repeatable")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated optimizer names (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-reference", default="",
                         help="comma-separated names whose reference is not run (muon's bf16 Newton–Schulz is "
                              "emulated on CPU: minutes per step at 124M)")
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="ranks (torchrun; gloo on CPU, nccl on GPU): step time and bytes sent per step under DDP "
+                             "and FSDP2 instead")
+    parser.add_argument("--comm-steps", type=int, default=10,
+                        help="--world-size: steps the bytes are averaged over (10 hold one SOAP eigenbasis refresh)")
     args = parser.parse_args()
+    if args.world_size < 1:
+        parser.error(f"--world-size {args.world_size} must be at least 1")
+    if args.world_size > 1:
+        import optim_step_ranks
+
+        optim_step_ranks.main(args)
+        return
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = build(compose([f"model={args.preset}"]).model, 50257, 1024).to(device)
+    model = build(compose([f"model={args.preset}", *args.set]).model, args.vocab, 1024).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     snapshot = [p.detach().clone() for p in model.parameters()]
     references = reference_factories()
-    # Learned optimizers step on random weights here: the time of an update does not depend on them.
-    weights_dir = Path(tempfile.mkdtemp(prefix="optbench-random-weights-"))
-    learned = {name: {"weights": str(module.write_random_weights(weights_dir / name))}
-               for name, module in (("velo", velo), ("mulo", mulo))}
+    learned = learned_weights()
     names = [n for n in args.only.split(",") if n] or optim.names()
 
     print(f"{args.preset}: {n_params / 1e6:.1f}M parameters on {device}, median of {args.steps} timed steps, "

@@ -20,12 +20,12 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from optbench import plugins
-from optbench.bench import downstream, layout
+from optbench.bench import downstream, layout, multirank
 from optbench.bench.live import LiveView
 from optbench.bench.plan import load_study, tuning_phase
 from optbench.bench.protocol import as_plain, as_plain_entry, differences, freeze, freeze_entry, thawed
 from optbench.bench.storage import open_storage
-from optbench.bench.suite import Suite, is_frozen, load_suite, run_overrides, search_space, to_yaml
+from optbench.bench.suite import Execution, Suite, is_frozen, load_suite, run_overrides, search_space, to_yaml
 from optbench.bench.worker import work
 from optbench.config.compose import compose
 from optbench.errors import UserError
@@ -75,6 +75,8 @@ def check_runs(suite: Suite) -> list:
         for scenario in suite.scenarios:
             if suite.runs_in(entry, scenario):
                 configs.append(compose(run_overrides(suite, scenario, entry, first, suite.tuning.seed)))
+    if suite.execution.nproc_per_trial > 1:
+        multirank.check_configs(configs, suite.execution.nproc_per_trial)
     return configs
 
 
@@ -194,13 +196,20 @@ def run_local(suite: Suite, out: Path, url: str, workers: int | None = None) -> 
 def spawn_worker(suite: Suite, out: Path, url: str, slot: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if suite.execution.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(suite.execution.gpus[slot % len(suite.execution.gpus)])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, worker_gpus(suite.execution, slot)))
     log = layout.worker_log(out, str(slot))
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "optbench", "bench", str(layout.suite_file(out)), "--out", str(out),
            "--storage", url, "--worker", str(slot), "--threads", str(threads)]
     with open(log, "a") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def worker_gpus(execution: Execution, slot: int) -> list[int]:
+    """The GPUs of worker `slot`: the next nproc_per_trial of execution.gpus, taken in turn (a list shorter than the
+    workers' needs is shared among them)."""
+    n, gpus = execution.nproc_per_trial, execution.gpus
+    return [gpus[(slot * n + k) % len(gpus)] for k in range(n)]
 
 
 def run_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
@@ -214,7 +223,9 @@ def run_worker(out: Path, url: str, worker_id: str, threads: int | None) -> int:
 
 
 def submit_slurm(suite: Suite, out: Path, url: str, workers: int | None = None, cluster: str | None = "slurm"):
-    """An array of workers through submitit (cluster="local" runs the same array as local processes)."""
+    """An array of workers through submitit (cluster="local" runs the same array as local processes). Each array task
+    is one worker on one node; with execution.nproc_per_trial = N it runs its trials under torchrun over its
+    gpus_per_task x N GPUs (bench/multirank.py says why not as an N-task job)."""
     import contextlib
     import io
 
@@ -225,9 +236,10 @@ def submit_slurm(suite: Suite, out: Path, url: str, workers: int | None = None, 
     if cluster == "slurm":
         check_slurm()
     executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster=cluster)
+    gpus = settings.gpus_per_task * suite.execution.nproc_per_trial  # one task, its trial's ranks forked by torchrun
     params = {"timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_task,
               "mem_gb": settings.mem_gb, "slurm_array_parallelism": settings.array_parallelism,
-              "gpus_per_node": settings.gpus_per_task, "name": f"optbench-{suite.name}"}
+              "gpus_per_node": gpus, "name": f"optbench-{suite.name}"}
     if cluster == "slurm":
         params.update({f"slurm_{k}": v for k, v in (("partition", settings.partition), ("account", settings.account),
                                                     ("qos", settings.qos)) if v})

@@ -118,6 +118,7 @@ class Slurm:
     qos: str | None = None
     time_min: int = 240
     gpus_per_task: int = 1
+    """GPUs of each trial rank: an array task (one worker) asks for gpus_per_task x execution.nproc_per_trial."""
     cpus_per_task: int = 8
     mem_gb: int = 64
     array_parallelism: int = 8
@@ -132,7 +133,11 @@ class Execution:
     threads_per_worker: int | None = None
     """CPU threads of each local worker; None: the machine's cores divided among the workers."""
     gpus: list[int] = field(default_factory=list)
-    """GPUs the local workers are pinned to in turn (through CUDA_VISIBLE_DEVICES); empty: no pinning."""
+    """GPUs the local workers are pinned to in turn (through CUDA_VISIBLE_DEVICES), nproc_per_trial at a time; empty:
+    no pinning."""
+    nproc_per_trial: int = 1
+    """Ranks of each trial: above 1, a worker runs its trial under torchrun (bench/multirank.py), one GPU per rank on
+    GPU, gloo processes sharing the worker's threads on CPU, with the suite's train.parallel (ddp or fsdp)."""
     ckpt_every: int = 100
     """Trials checkpoint this often, so a trial whose worker died resumes instead of restarting."""
     heartbeat_s: int = 10
@@ -225,6 +230,7 @@ def validate(suite: Suite) -> None:
     check(suite.tuning.studies >= 1, f"tuning.studies={suite.tuning.studies} must be >= 1")
     check(bool(suite.final.seeds), "final.seeds must name at least one seed")
     check(suite.execution.workers > 0, f"execution.workers={suite.execution.workers} must be positive")
+    _validate_nproc(suite)
     validate_downstream(suite.downstream)
     check(suite.tuning.method != "tpe" or suite.tuning.trials is not None or all(o.trials for o in suite.optimizers),
           "tuning.method=tpe needs a trial budget (tuning.trials); it has no natural end")
@@ -271,6 +277,18 @@ def validate(suite: Suite) -> None:
     check(suite.optimizer(suite.baseline).scenarios is None,
           f"the baseline {suite.baseline} must run in every scenario (every ratio and speedup is against it); "
           f"remove optimizers.{suite.baseline}.scenarios")
+
+
+def _validate_nproc(suite: Suite) -> None:
+    """execution.nproc_per_trial on its own; each run's config is checked against it once composed (launch.py)."""
+    nproc, gpus = suite.execution.nproc_per_trial, suite.execution.gpus
+    check(nproc >= 1, f"execution.nproc_per_trial={nproc} must be at least 1")
+    if nproc > 1:
+        check(not suite.tuning.prune, f"tuning.prune reads a trial's evaluations in its worker, which a trial on "
+              f"execution.nproc_per_trial={nproc} ranks runs in torchrun's processes; valid with it: "
+              "tuning.prune: false")
+        check(not gpus or len(set(gpus)) >= nproc, f"execution.gpus={list(gpus)} has fewer GPUs than the "
+              f"{nproc} ranks of a trial (execution.nproc_per_trial); list at least {nproc}, or none")
 
 
 def _unique(what: str, names: list[str]) -> None:

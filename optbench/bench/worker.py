@@ -7,7 +7,8 @@ the same hyperparameters and seed, so it lands in the same run directory and res
 
 A worker stays one process for all its trials, with what they share kept warm (warm.py), and prints one line
 per trial with where its time went: claiming, setting up (config, trainer, run directory), the run itself, and
-telling the study.
+telling the study. A trial on several ranks (execution.nproc_per_trial) runs under torchrun in a child process
+(multirank.py); the worker claims, beats and tells for it all the same.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from optbench.bench import downstream, layout
+from optbench.bench import downstream, layout, multirank
 from optbench.bench.plan import DONE, WAIT, Claim, claim_next
 from optbench.bench.storage import open_storage, requeue
 from optbench.bench.suite import Suite, run_key, run_overrides
@@ -121,24 +122,18 @@ def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
 
 def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: Warm, clock: Clock) -> None:
     """Train the claimed configuration and tell the study its final validation loss."""
-    from optbench.training.trainer import Trainer
-
     run = run_path(out, claim)
     overrides = run_overrides(suite, claim.scenario, claim.entry, claim.hparams, claim.seed)
     control = [f"run.dir={run}", "run.progress=false", "run.resume=auto",
                f"run.ckpt_every={suite.execution.ckpt_every}"]
-    if threads:
-        control.append(f"train.threads={threads}")
     discard_dead_attempt(run)
     reused = finished(run)  # a final seed equal to the tuning seed: the trainer returns that run's summary
     try:
-        with clock.timed("setup"):
-            cfg = compose(overrides + control)
-            observers = (PruningObserver(claim, suite, cfg),) if claim.phase == "tune" and suite.tuning.prune else ()
-            trainer = Trainer(cfg, observers=observers, data=warm.data(cfg.data))
-            record_trial(run, suite, claim, overrides)
+        if suite.execution.nproc_per_trial > 1:
+            summary = train_on_ranks(suite, run, claim, overrides, control, threads, clock, reused)
+        else:
+            summary = train_here(suite, run, claim, overrides, control, threads, warm, clock)
         with clock.timed("train"):  # a final run's downstream evaluation included (bench/downstream.py)
-            summary = trainer.train()
             if claim.phase == "final" and summary["status"] == "completed":
                 error = downstream.evaluate_final(suite.downstream, run)
                 if error is not None:
@@ -155,6 +150,31 @@ def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: 
     clock.outcome = "a finished run, reused" if reused else f"run {summary.get('wall_s') or 0.0:.2f} s"
     with clock.timed("tell"):
         tell(claim, summary)
+
+
+def train_here(suite: Suite, run: Path, claim: Claim, overrides: list[str], control: list[str], threads: int | None,
+               warm: Warm, clock: Clock) -> dict[str, Any]:
+    """The run in this process, with the worker's warm data; returns its summary."""
+    from optbench.training.trainer import Trainer
+
+    with clock.timed("setup"):
+        cfg = compose(overrides + control + ([f"train.threads={threads}"] if threads else []))
+        observers = (PruningObserver(claim, suite, cfg),) if claim.phase == "tune" and suite.tuning.prune else ()
+        trainer = Trainer(cfg, observers=observers, data=warm.data(cfg.data))
+        record_trial(run, suite, claim, overrides)
+    with clock.timed("train"):
+        return trainer.train()
+
+
+def train_on_ranks(suite: Suite, run: Path, claim: Claim, overrides: list[str], control: list[str],
+                   threads: int | None, clock: Clock, reused: bool) -> dict[str, Any]:
+    """The run under torchrun on nproc_per_trial ranks (multirank.py); a finished run's summary is read, not rerun."""
+    with clock.timed("train"):  # set-up is the ranks', inside their run
+        if reused:
+            record_trial(run, suite, claim, overrides)
+            return read_json(run / "summary.json")
+        return multirank.train(suite, run, overrides + control, threads,
+                               opened=lambda: record_trial(run, suite, claim, overrides))
 
 
 def record_failure(run: Path, suite: Suite, claim: Claim, overrides: list[str], error: str) -> None:

@@ -65,6 +65,20 @@ class Evaluations:
         self.best = record["val_loss"] if self.best is None else min(self.best, record["val_loss"])
 
 
+def check_parallel(cfg: Config, world_size: int) -> None:
+    """FSDP2 hands each rank shards of every tensor: optimizers run on those or on owner ranks, or are refused (also
+    checked by a bench before its trials run on several ranks, bench/multirank.py)."""
+    if not (world_size > 1 and cfg.train.parallel == "fsdp"):
+        return
+    fsdp_optimizer.check(cfg)
+    if cfg.train.weight_avg != "none":
+        raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
+                        "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")
+    if cfg.diag.every > 0:
+        raise UserError(f"diag.every={cfg.diag.every} measures whole tensors, which train.parallel=fsdp "
+                        "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
+
+
 class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = (),
                  data: datalib.Prepared | None = None):
@@ -111,7 +125,7 @@ class Trainer:
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
         if self.resume_from is None:
             self.model.load_initial_weights()
-        self._check_parallel()
+        check_parallel(cfg, self.world.size)
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.plan = optim.plan(cfg.optim, self.model)  # one plan: the optimizer and routing.json
@@ -133,19 +147,6 @@ class Trainer:
         self.model_metrics: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- setup helpers
-
-    def _check_parallel(self) -> None:
-        """FSDP2 hands each rank shards of every tensor: optimizers run on those or on owner ranks, or are refused."""
-        cfg = self.cfg
-        if not (self.world.distributed and cfg.train.parallel == "fsdp"):
-            return
-        fsdp_optimizer.check(cfg)
-        if cfg.train.weight_avg != "none":
-            raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
-                            "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")
-        if cfg.diag.every > 0:
-            raise UserError(f"diag.every={cfg.diag.every} measures whole tensors, which train.parallel=fsdp "
-                            "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         try:

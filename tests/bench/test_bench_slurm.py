@@ -84,6 +84,19 @@ def test_unset_settings_are_left_to_slurm_and_workers_default_to_the_suites(tmp_
     assert not {"partition", "account", "qos", "constraint"} & set(options)
 
 
+def test_an_array_task_asks_for_the_gpus_of_its_trials_ranks(tmp_path, corpus, monkeypatch):
+    scripts = fake_slurm(tmp_path, monkeypatch)
+    path = micro_suite(tmp_path, corpus, seeds=(0,), nproc_per_trial=2, slurm={"gpus_per_task": 1})
+    spec = yaml.safe_load(path.read_text())
+    spec["base"].append("train.grad_accum=2")
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["bench", str(path), "--out", str(tmp_path / "out"), "--slurm"]) == 0
+    (script,) = scripts.iterdir()
+    options = sbatch_options(script)
+    # one task per worker, whose torchrun forks the 2 ranks of each trial, a GPU each
+    assert (options["gpus-per-node"], options.get("ntasks-per-node", "1")) == ("2", "1")
+
+
 def one_line_exit_2(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -55,6 +55,11 @@ def test_a_valid_suite_loads_with_registry_ranges_and_its_replacements(tmp_path)
     ({"optimizers": [{"name": "adamw", "search": {"lr": {"between": [1, 2]}}}]}, "must be one of {log: [lo, hi]}"),
     ({"final": {"seeds": []}}, "final.seeds must name at least one seed"),
     ({"tuning": {"trials": "many"}}, "tuning.trials"),
+    ({"execution": {"nproc_per_trial": 0}}, "execution.nproc_per_trial=0 must be at least 1"),
+    ({"execution": {"nproc_per_trial": 2}, "tuning": {"prune": True}},
+     "tuning.prune reads a trial's evaluations in its worker, which a trial on execution.nproc_per_trial=2 ranks"),
+    ({"execution": {"nproc_per_trial": 2, "gpus": [3, 3]}},
+     "execution.gpus=[3, 3] has fewer GPUs than the 2 ranks of a trial"),
 ])
 def test_mistakes_are_one_line_user_errors(tmp_path, changes, message):
     with pytest.raises(UserError) as err:
