@@ -33,7 +33,7 @@ def refused(capsys, tmp_path, overrides: list[str]) -> str:
 
 def test_a_missing_checkpoint_file(tmp_path, tiny_overrides, capsys):
     err = refused(capsys, tmp_path, [*tiny_overrides, f"run.resume={tmp_path / 'nope.pt'}"])
-    assert f"run.resume={tmp_path / 'nope.pt'}: no such checkpoint file; valid: auto, never, PATH" in err
+    assert f"run.resume={tmp_path / 'nope.pt'}: no such checkpoint; valid: auto, never, PATH" in err
     assert not (tmp_path / "run").exists()
 
 
