@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
@@ -184,8 +185,10 @@ def read(path: Path, destinations: dict[str, Any], collective: bool) -> None:
         with _alone_is_meant():
             dcp.load(destinations, storage_reader=FileSystemReader(path), planner=_PlainValuesPlanner(),
                      no_dist=not collective)
-    except pickle.UnpicklingError:
-        raise CorruptCheckpoint("holds objects other than tensors and plain values (refused unread)") from None
+    except CheckpointException as err:  # DCP gathers each rank's failure into one
+        if any(isinstance(exc, pickle.UnpicklingError) for exc, _ in err.failures.values()):
+            raise CorruptCheckpoint("holds objects other than tensors and plain values (refused unread)") from None
+        raise
 
 
 @contextlib.contextmanager
