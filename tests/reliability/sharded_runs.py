@@ -2,10 +2,11 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=N -m tests.reliability.sharded_runs PLAN.json
 
-PLAN.json is a list of runs, each {"overrides": [...], "logits": PATH or null, "resume_copy_of": RUN_DIR or null}:
+PLAN.json is a list of runs, each {"overrides": [...], "outputs": PATH or null, "resume_copy_of": RUN_DIR or null}:
 - overrides: what `optbench train` would be given;
-- logits: where rank 0 saves the logits of the trained (live, FSDP2-sharded) model on the first validation batch, for
-  comparing with what is read back from its checkpoint;
+- outputs: where rank 0 saves what the trained (live, FSDP2-sharded) model computes: its logits on the first
+  validation batch ("x", "logits") and the text `optbench sample max_new_tokens=32` draws from it ("sample"), for comparing
+  with what is read back from its checkpoint;
 - resume_copy_of: the run directory is first made a copy of RUN_DIR holding only its oldest checkpoint, as a run
   stopped after it leaves its folder, so the run resumes from it with run.resume=auto.
 """
@@ -22,7 +23,10 @@ import torch
 from optbench.config.compose import compose
 from optbench.training import distributed
 from optbench.training.checkpoint import CheckpointStore
+from optbench.training.sample import SampleRequest, continuation
 from optbench.training.trainer import Trainer
+
+SAMPLE_TOKENS = 32
 
 
 def copy_stopped_run(source: Path, run_dir: Path) -> None:
@@ -34,13 +38,18 @@ def copy_stopped_run(source: Path, run_dir: Path) -> None:
     shutil.copytree(first, run_dir / "checkpoints" / first.name)
 
 
-def live_logits(trainer: Trainer) -> torch.Tensor:
+def live_outputs(trainer: Trainer) -> dict:
+    """What the live model computes, every rank taking part in its forwards."""
     x = trainer.val_batches[0][0].to(trainer.device)
     trainer.model.eval()
     with torch.no_grad():
         logits = trainer.model(x)
     trainer.model.train()
-    return logits
+    request = SampleRequest(max_new_tokens=SAMPLE_TOKENS)
+    text = continuation(trainer.model, trainer.tokenizer, trainer.tokenizer.encode(request.prompt),
+                        request.max_new_tokens, request.temperature, request.top_k, request.seed,
+                        trainer.data.vocab_size)
+    return {"x": x, "logits": logits, "sample": text}
 
 
 def main(plan_file: str) -> int:
@@ -57,9 +66,9 @@ def main(plan_file: str) -> int:
             if summary["status"] != "completed":
                 print(f"rank {world.rank}: {run['overrides']} ended {summary['status']}", file=sys.stderr)
                 return 1
-            logits = live_logits(trainer) if run.get("logits") else None
-            if logits is not None and world.is_main:
-                torch.save(logits, run["logits"])
+            outputs = live_outputs(trainer) if run.get("outputs") else None
+            if outputs is not None and world.is_main:
+                torch.save(outputs, run["outputs"])
     return 0
 
 
