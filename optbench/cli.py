@@ -86,7 +86,7 @@ def cmd_checkpoint_convert(args: argparse.Namespace) -> int:
     from optbench.training.convert import convert
 
     done = convert(Path(args.source), Path(args.out) if args.out else None)
-    print(f"converted step {done.step} (saved by {done.world_size} ranks) from {done.source} to {done.out} "
+    print(f"converted step {done.step} (world size {done.world_size}) from {done.source} to {done.out} "
           f"and {done.out.name}.sha256")
     return 0
 

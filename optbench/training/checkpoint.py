@@ -10,9 +10,15 @@ checked before the payload is read, so a truncated or bit-flipped file is detect
 `weights_only=True`: a checkpoint holds only tensors and plain Python values. Files of optbench's first format
 (a header line `optbench-checkpoint v1 sha256=<hex>` in front of the payload) still load.
 
-`CheckpointStore` keeps the last `run.keep_last` saves plus every `run.keep_every`-th for good;
+Runs under FSDP2 write sharded checkpoints instead, folders every rank writes into (sharded_checkpoint.py):
+
+    checkpoints/step-00000100/            DCP's files, run.pt, and manifest.json with every file's SHA-256
+
+`CheckpointStore` holds both kinds. It keeps the last `run.keep_last` saves plus every `run.keep_every`-th for good;
 `CheckpointStore.latest()` returns the newest checkpoint that verifies, warning about each newer one that does
-not, so a crash while writing (or a damaged disk block) costs at most the steps since the previous save.
+not, so a crash while writing (or a damaged disk block) costs at most the steps since the previous save. A sharded
+one comes read whole, as the payload a single file holds (what sampling and export read), or left on disk for the
+ranks of an FSDP2 run to read their shards (sharded_state.load_in_place).
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def check_world_size(cfg: Config, found: tuple[Path, dict[str, Any] | Sharded], 
     saved = len((state.run_state if isinstance(state, Sharded) else state)["rng"])
     if saved != world_size and cfg.model.dropout > 0:
         raise UserError(f"model.dropout={cfg.model.dropout} draws each rank's masks from its own random stream, so "
-                        f"{path} (saved by {saved} ranks) resumes on {saved} only, not {world_size}; run it with "
-                        f"torchrun --nproc_per_node={saved}, or set model.dropout=0 in a new run.dir")
+                        f"{path} (saved at world size {saved}) resumes at world size {saved} only, not {world_size}; "
+                        f"run it with torchrun --nproc_per_node={saved}")
 
 
 def check_same_config(run_dir: Path, cfg: Config) -> None:

@@ -5,8 +5,8 @@
 PLAN.json is a list of runs, each {"overrides": [...], "outputs": PATH or null, "resume_copy_of": RUN_DIR or null}:
 - overrides: what `optbench train` would be given;
 - outputs: where rank 0 saves what the trained (live, FSDP2-sharded) model computes: its logits on the first
-  validation batch ("x", "logits") and the text `optbench sample max_new_tokens=32` draws from it ("sample"), for comparing
-  with what is read back from its checkpoint;
+  validation batch ("x", "logits") and the text `optbench sample max_new_tokens=32` draws from it ("sample"), to
+  compare with what is read back from its checkpoint;
 - resume_copy_of: the run directory is first made a copy of RUN_DIR holding only its oldest checkpoint, as a run
   stopped after it leaves its folder, so the run resumes from it with run.resume=auto.
 """

@@ -96,7 +96,8 @@ def test_a_damaged_file_falls_back_to_the_previous_checkpoint(store, run, name, 
     if damage == "deleted":
         file.unlink()
     else:
-        file.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:-7] + bytes([data[-7] ^ 4]) + data[-6:])
+        flipped = data[:-7] + bytes([data[-7] ^ 4]) + data[-6:]
+        file.write_bytes(data[: len(data) // 2] if damage == "truncated" else flipped)
     with pytest.warns(UserWarning, match=r"checkpoint .*step-00000020 is unusable \(") as warned:
         path, whole = store.latest()
     assert path == store.sharded_path(10) and whole["step"] == 10
@@ -213,7 +214,7 @@ def test_convert_writes_the_single_file_checkpoint_beside_it(tmp_path, cli, run)
     save(store, 20, run)
     done = cli("checkpoint", "convert", str(tmp_path / "run"))
     out = store.path(20)
-    assert done.returncode == 0 and done.stdout == (f"converted step 20 (saved by 1 ranks) from "
+    assert done.returncode == 0 and done.stdout == (f"converted step 20 (world size 1) from "
                                                     f"{store.sharded_path(20)} to {out} and {out.name}.sha256\n")
     assert same(torch.load(out, weights_only=True), sharded_state.whole_payload(
         sharded_checkpoint.open_checkpoint(store.sharded_path(20))))
