@@ -66,9 +66,10 @@ def is_sharded(path: Path) -> bool:
     return path.is_dir() and ((path / MANIFEST).exists() or (path / DCP_INDEX).exists())
 
 
-def save(path: Path, step: int, tensors: dict[str, Any], run_state: dict[str, Any] | None) -> Path:
-    """Write the sharded checkpoint `path`; every rank calls it, with its own `tensors` (nested dicts of DTensors,
-    which DCP writes shard by shard, plain tensors and values) and rank 0 with `run_state` as well."""
+def save(path: Path, step: int, tensors: dict[str, Any], run_state: dict[str, Any]) -> Path:
+    """Write the sharded checkpoint `path`. Every rank calls it with its own `tensors` (nested dicts of DTensors,
+    which DCP writes shard by shard, of plain tensors, written once, and of plain values) and `run_state`, of which
+    rank 0's is written."""
     rank, size = this_rank(), _world_size()
     partial = path.with_name(f".{path.name}.partial")
     if rank == 0:
@@ -76,7 +77,7 @@ def save(path: Path, step: int, tensors: dict[str, Any], run_state: dict[str, An
     _barrier()
     with _alone_is_meant():
         dcp.save(tensors, storage_writer=FileSystemWriter(partial), no_dist=not dist.is_initialized())
-    _barrier()
+    _barrier()  # every rank's files are complete
     # DCP names each rank's files __RANK_*; each rank hashes its own (the bytes are still in its page cache)
     digests = _gathered({p.name: file_sha256(p) for p in partial.glob(f"__{rank}_*")})
     if rank == 0:
@@ -90,9 +91,7 @@ def save(path: Path, step: int, tensors: dict[str, Any], run_state: dict[str, An
     return path
 
 
-def _save_run_state(path: Path, run_state: dict[str, Any] | None) -> None:
-    if run_state is None:
-        raise ValueError("rank 0 saves the run state beside the shards; it was given none")
+def _save_run_state(path: Path, run_state: dict[str, Any]) -> None:
     with open(path, "wb") as f:
         torch.save(run_state, f)
         f.flush()

@@ -48,7 +48,6 @@ class Entry:
 
     part: str
     """The part of a hybrid optimizer, "" for a plain one."""
-    number: int
     name: str
     param: torch.Tensor
     """The model's parameter (a DTensor under FSDP2), not the stand-in an FSDPOptimizer steps."""
@@ -60,14 +59,14 @@ class Entry:
 
 def entries(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[tuple[Entry, dict | None]]:
     """Every parameter of the optimizer (an FSDPOptimizer, or any over the model's parameters) with its state here,
-    in state-dict order."""
+    in state-dict order: each part's parameters by number."""
     inner = getattr(optimizer, "inner", optimizer)
     names = {id(p): name for name, p in model.named_parameters()}
-    for (part, number), p, state in parameter_states(inner):
+    for (part, _), p, state in parameter_states(inner):
         whole = optimizer.whole_of(p) if hasattr(optimizer, "whole_of") else None
         param = p if whole is None else whole.param
         sharded = whole is None and isinstance(param, DTensor)
-        yield Entry(part, number, names[id(param)], param, sharded, whole is None or optimizer.owned(whole)), state
+        yield Entry(part, names[id(param)], param, sharded, whole is None or optimizer.owned(whole)), state
 
 
 def contents(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
