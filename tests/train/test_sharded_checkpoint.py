@@ -67,12 +67,15 @@ def store(tmp_path) -> CheckpointStore:
 
 def test_read_whole_it_is_what_one_process_saves_in_one_file(store, run):
     model, opt = run
-    path = save(store, 10, run)
+    evaluated = {k: v + 1 for k, v in model.state_dict().items()}  # Schedule-Free's weights at its eval point
+    saved = {**payload(10), "extra": {**payload(10)["extra"], "eval_model": evaluated}}
+    path = store.save_sharded(10, *sharded_state.contents(model, opt, saved))
     found, whole = store.latest()
     assert found == path == store.sharded_path(10)
     assert same(whole["model"], model.state_dict()) and same(whole["optimizer"], opt.state_dict())
-    assert same({k: whole[k] for k in ("step", "tokens", "rng", "extra")}, payload(10))
+    assert same({k: whole[k] for k in ("step", "tokens", "rng", "extra")}, saved)
     assert sorted(whole) == ["extra", "model", "optimizer", "rng", "step", "tokens"]
+    assert "eval_model" not in torch.load(path / "run.pt", weights_only=True)["extra"]  # in the shards
 
 
 def test_its_manifest_holds_the_sha256_of_every_file(store, run):
