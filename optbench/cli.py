@@ -1,5 +1,5 @@
-"""`optbench train|sample|export|eval|data|model|optim|bench|report|dashboard|compare|check-optimizer`: parse, call
-the library, map UserError to exit code 2.
+"""`optbench train|sample|export|eval|checkpoint|data|model|optim|bench|report|dashboard|compare|check-optimizer`:
+parse, call the library, map UserError to exit code 2.
 
 Run configuration goes through Hydra overrides (`optbench train model=llama optim.lr=3e-3`);
 argparse only dispatches subcommands and their few flags.
@@ -78,6 +78,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _stderr_text(stderr: float | None) -> str:
     return "" if stderr is None else f" ± {stderr:.4f}"
+
+
+def cmd_checkpoint_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optbench.training.convert import convert
+
+    done = convert(Path(args.source), Path(args.out) if args.out else None)
+    print(f"converted step {done.step} (world size {done.world_size}) from {done.source} to {done.out} "
+          f"and {done.out.name}.sha256")
+    return 0
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -315,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "batch_size=N num_fewshot=K device=auto tasks_dir=PATH "
                                                        "weights=model|averaged")
     evaluate.set_defaults(func=cmd_eval)
+
+    ckpt = commands.add_parser("checkpoint", help="checkpoints of train.parallel=fsdp runs").add_subparsers(
+        dest="checkpoint_command", required=True, parser_class=_Parser)
+    convert = ckpt.add_parser("convert", help="write a sharded checkpoint as one torch.save file (with its sha256)")
+    convert.add_argument("source", metavar="RUN_DIR|CHECKPOINT_DIR",
+                         help="a run directory (its newest sharded checkpoint) or a checkpoints/step-N/ folder")
+    convert.add_argument("--out", metavar="FILE", help="where to write (default: beside it, checkpoints/step-N.pt)")
+    convert.set_defaults(func=cmd_checkpoint_convert)
 
     data = commands.add_parser("data", help="prepare and list datasets").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser)

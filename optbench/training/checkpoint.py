@@ -10,9 +10,15 @@ checked before the payload is read, so a truncated or bit-flipped file is detect
 `weights_only=True`: a checkpoint holds only tensors and plain Python values. Files of optbench's first format
 (a header line `optbench-checkpoint v1 sha256=<hex>` in front of the payload) still load.
 
-`CheckpointStore` keeps the last `run.keep_last` saves plus every `run.keep_every`-th for good;
+Runs under FSDP2 write sharded checkpoints instead, folders every rank writes into (sharded_checkpoint.py):
+
+    checkpoints/step-00000100/            DCP's files, run.pt, and manifest.json with every file's SHA-256
+
+`CheckpointStore` holds both kinds. It keeps the last `run.keep_last` saves plus every `run.keep_every`-th for good;
 `CheckpointStore.latest()` returns the newest checkpoint that verifies, warning about each newer one that does
-not, so a crash while writing (or a damaged disk block) costs at most the steps since the previous save.
+not, so a crash while writing (or a damaged disk block) costs at most the steps since the previous save. A sharded
+one comes read whole, as the payload a single file holds (what sampling and export read), or left on disk for the
+ranks of an FSDP2 run to read their shards (sharded_state.load_in_place).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -30,29 +37,18 @@ from typing import Any
 
 import torch
 
+from optbench.training import sharded_checkpoint, sharded_state
+from optbench.training.integrity import CorruptCheckpoint, file_sha256
+from optbench.training.sharded_checkpoint import Sharded
 from optbench.training.rundir import write_atomic
 
 DIGEST_SUFFIX = ".sha256"
 LEGACY_MAGIC = b"optbench-checkpoint v1 sha256="
-PATTERN = re.compile(r"step-(\d{8,})\.pt")
-CHUNK = 1 << 20
-
-
-class CorruptCheckpoint(Exception):
-    """The file is truncated, altered, incomplete or not an optbench checkpoint."""
+PATTERN = re.compile(r"step-(\d{8,})(\.pt)?")
 
 
 def digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256, read in chunks (a checkpoint can be larger than the memory to spare)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save(path: Path, payload: dict[str, Any]) -> Path:
@@ -105,8 +101,11 @@ def _torch_load(source, map_location: str | torch.device) -> dict[str, Any]:
 
 
 def step_of(path: Path) -> int | None:
+    """The step of a checkpoint's name: step-N.pt (a file) or step-N (a sharded checkpoint's folder)."""
     match = PATTERN.fullmatch(path.name)
-    return int(match.group(1)) if match else None
+    if match is None or (match.group(2) is None) != path.is_dir():
+        return None
+    return int(match.group(1))
 
 
 @dataclass
@@ -120,25 +119,40 @@ class CheckpointStore:
     def path(self, step: int) -> Path:
         return self.folder / f"step-{step:08d}.pt"
 
+    def sharded_path(self, step: int) -> Path:
+        return self.folder / f"step-{step:08d}"
+
     def steps(self) -> list[int]:
-        """Saved steps, oldest first (only well-named files; temp files of an interrupted write are ignored)."""
+        """Saved steps, oldest first (only well-named files and folders; those of an interrupted write are hidden)."""
         if not self.folder.is_dir():
             return []
-        return sorted(s for p in self.folder.iterdir() if (s := step_of(p)) is not None)
+        return sorted({s for p in self.folder.iterdir() if (s := step_of(p)) is not None})
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
         path = save(self.path(step), payload)
         self._prune()
         return path
 
-    def latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that verifies, with its contents; None if there is none."""
+    def save_sharded(self, step: int, tensors: dict[str, Any], run_state: dict[str, Any]) -> Path:
+        """Every rank calls it with its tensors (sharded_state.contents); rank 0's run state is kept."""
+        path = sharded_checkpoint.save(self.sharded_path(step), step, tensors, run_state)
+        if sharded_checkpoint.this_rank() == 0:
+            self._prune()
+        return path
+
+    def latest(self, map_location: str | torch.device = "cpu",
+               whole: bool = True) -> tuple[Path, dict[str, Any] | Sharded] | None:
+        """The newest checkpoint that verifies, with its contents; None if there is none. A sharded one comes
+        read whole into a single-file payload, or with `whole=False` as a verified `Sharded` for
+        sharded_state.load_in_place (its tensors stay on disk)."""
         for step in reversed(self.steps()):
-            path = self.path(step)
-            try:
-                return path, load(path, map_location)
-            except (CorruptCheckpoint, OSError, RuntimeError, EOFError) as err:
-                warnings.warn(f"checkpoint {path} is unusable ({err}); trying the previous one", stacklevel=2)
+            for path in (self.sharded_path(step), self.path(step)):
+                if path.exists():
+                    try:
+                        return path, read(path, map_location, whole)
+                    except (CorruptCheckpoint, OSError, RuntimeError, EOFError) as err:
+                        warnings.warn(f"checkpoint {path} is unusable ({err}); trying the previous one",
+                                      stacklevel=2)
         return None
 
     def _prune(self) -> None:
@@ -149,3 +163,15 @@ class CheckpointStore:
             if step not in recent and not (self.keep_every and step % self.keep_every == 0):
                 digest_path(self.path(step)).unlink(missing_ok=True)  # first: a .pt without one is unused
                 self.path(step).unlink(missing_ok=True)
+                folder = self.sharded_path(step)
+                if folder.is_dir():
+                    (folder / sharded_checkpoint.MANIFEST).unlink(missing_ok=True)  # first, as the digest above
+                    shutil.rmtree(folder)
+
+
+def read(path: Path, map_location: str | torch.device = "cpu", whole: bool = True) -> dict[str, Any] | Sharded:
+    """A verified checkpoint, file or sharded folder, as `CheckpointStore.latest` returns it."""
+    if path.is_dir():
+        opened = sharded_checkpoint.open_checkpoint(path)
+        return sharded_state.whole_payload(opened, map_location) if whole else opened
+    return load(path, map_location)

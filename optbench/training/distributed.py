@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -100,18 +100,10 @@ def gradient_sync(replica: torch.nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state dicts: as they are, or gathered whole from FSDP's shards (to CPU, on rank 0) into
-    what one process saves (the optimizer is then an FSDPOptimizer, see fsdp_optimizer.py)."""
-    if not isinstance(model, FSDPModule):
-        return model.state_dict(), optimizer.state_dict()
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options), optimizer.full_state_dict()
-
-
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                     optimizer_state: dict) -> None:
-    """The inverse of `full_state`: every rank holds the whole dicts (read from the shared checkpoint)."""
+    """Load one process's state dicts (a single-file checkpoint's), which every rank holds whole; under FSDP2 each
+    rank keeps its part (the optimizer is then an FSDPOptimizer, see fsdp_optimizer.py)."""
     if not isinstance(model, FSDPModule):
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)

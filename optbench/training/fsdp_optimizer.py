@@ -13,8 +13,8 @@ the whole tensor (Muon's Newton–Schulz, SOAP's and Shampoo's factors, GaLore's
 The optimizer is the one `optim.build` makes for one process, over a build plan whose whole-tensor entries are
 replaced by stand-ins: the owner's working copy, or elsewhere a one-element tensor expanded to the full shape
 (no gradient, so the optimizer leaves it and its state alone). Parameter order, param groups and the state of
-every tensor are therefore one process's, which is what makes the numbers equal and the full checkpoint
-(fsdp_state.py) a single-process state dict. A tensor's optimizer state lives on its owner only.
+every tensor are therefore one process's, which is what makes the numbers equal and a checkpoint hold one process's
+state, keyed by parameter name (sharded_state.py). A tensor's optimizer state lives on its owner only.
 
 The working copy is kept rather than gathered every step (one all-to-all per direction instead of two); it is
 refreshed from the shards whenever weights are loaded into the model from outside (`refresh`).
@@ -170,21 +170,23 @@ class FSDPOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """This rank's optimizer state: shards' states as DTensors, whole tensors' on their owner only (what
-        `optim.memory.local_state_bytes` counts). A checkpoint takes `full_state_dict` instead."""
+        `optim.memory.local_state_bytes` counts, and what a sharded checkpoint holds: sharded_state.py)."""
         return self.inner.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        raise TypeError("an FSDPOptimizer loads a whole (single-process) state dict with load_full_state_dict")
+        raise TypeError("an FSDPOptimizer loads one process's state dict with load_full_state_dict, or this rank's "
+                        "part of one with load_local_state_dict")
 
-    def full_state_dict(self) -> dict:
-        """The state dict one process would have, on rank 0 ({} elsewhere); every rank must call it."""
-        return fsdp_state.gather(self)
-
-    def load_full_state_dict(self, state_dict: dict) -> None:
-        """The inverse of `full_state_dict`, given the whole dict on every rank; the model's weights first."""
-        fsdp_state.scatter(self, state_dict)
+    def load_local_state_dict(self, state_dict: dict) -> None:
+        """Load this rank's part of a state dict (as `state_dict` returns it); the model's weights first."""
+        self.inner.load_state_dict(state_dict)
         self.param_groups = self.inner.param_groups  # loading replaced the inner group dicts
         self.refresh()
+
+    def load_full_state_dict(self, state_dict: dict) -> None:
+        """Load one process's state dict (a single-file checkpoint's), given whole on every rank; the model's
+        weights first."""
+        self.load_local_state_dict(fsdp_state.scattered(self, state_dict))
 
     def eval(self) -> None:
         """Schedule-Free's move of the weights to its average x (the trainer calls it around evaluation)."""

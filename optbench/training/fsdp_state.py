@@ -1,11 +1,10 @@
-"""An FSDPOptimizer's state as one process's state dict, and back (checkpoints; see fsdp_optimizer.py).
+"""One process's optimizer state dict, as an FSDPOptimizer's ranks hold it (resuming a single-file checkpoint under
+FSDP2; see fsdp_optimizer.py), and the walk over an optimizer's parameters that sharded checkpoints share.
 
 The optimizer inside an FSDPOptimizer is built over one process's build plan, so its `state_dict()` has one
 process's layout: parameters numbered in plan order, the same param groups. Only the per-parameter entries are
 scattered: a sharded parameter's state is DTensors on every rank, a whole tensor's is on its owner alone.
-`gather` puts each entry together on rank 0 (DTensors gathered, owners' entries sent over), so a checkpoint
-written under FSDP2 is the one a single process writes, and resumes under FSDP2, DDP or one process alike;
-`scatter` hands each rank its part of such a dict.
+`scattered` cuts one process's dict (every rank holds all of it) down to each rank's part.
 """
 
 from __future__ import annotations
@@ -26,35 +25,11 @@ Key = tuple[str, int]
 """(part of a hybrid optimizer, or "" for a plain one; the parameter's index in that part's state dict)."""
 
 
-def gather(opt: FSDPOptimizer) -> dict:
-    """The single-process state dict on rank 0, {} on the other ranks. A collective: every rank calls it."""
-    entries: dict[Key, dict] = {}
-    owned: dict[Key, dict] = {}
-    for key, p, state in parameter_states(opt.inner):
-        whole = opt.whole_of(p)
-        if state is None:  # never stepped (an empty state, as signSGD keeps, is still an entry)
-            continue
-        if whole is None:
-            entries[key] = _mapped(state, _full_on_cpu)  # every rank takes part in gathering each DTensor
-        elif opt.owned(whole):
-            owned[key] = _mapped(state, lambda t: t.cpu())
-    received: list[Any] | None = [None] * dist.get_world_size() if opt.rank == 0 else None
-    dist.gather_object(owned, received, dst=0)
-    if opt.rank != 0:
-        return {}
-    for part in received:
-        entries.update(part)
-    full = opt.inner.state_dict()
-    for part, leaf in _leaf_dicts(full):
-        leaf["state"] = {i: entries[(part, i)] for i in sorted(i for p, i in entries if p == part)}
-    return full
-
-
-def scatter(opt: FSDPOptimizer, full: dict) -> None:
-    """Load a single-process state dict (every rank holds all of it): each rank keeps its shards of the sharded
-    parameters' states and the states of the whole tensors it owns."""
+def scattered(opt: FSDPOptimizer, full: dict) -> dict:
+    """This rank's part of one process's state dict: its shards of the sharded parameters' states and the states
+    of the whole tensors it owns (`full` itself is left as it was)."""
     params = {key: p for key, p, _ in parameter_states(opt.inner)}
-    local = _numbered(full)  # shallow copies down to each part's dict: `full` itself is left as it was
+    local = _numbered(full)  # shallow copies down to each part's dict
     if "parts" in local:
         local["parts"] = {part: dict(leaf) for part, leaf in full["parts"].items()}
     for part, leaf in _leaf_dicts(local):
@@ -67,7 +42,7 @@ def scatter(opt: FSDPOptimizer, full: dict) -> None:
             elif opt.owned(whole):
                 kept[i] = state
         leaf["state"] = kept
-    opt.inner.load_state_dict(local)
+    return local
 
 
 def _numbered(full: dict) -> dict:
@@ -109,10 +84,6 @@ def _mapped(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_mapped(v, fn) for v in value)
     return value
-
-
-def _full_on_cpu(t: torch.Tensor) -> torch.Tensor:
-    return (t.full_tensor() if isinstance(t, DTensor) else t).cpu()
 
 
 def _shard_like(t: torch.Tensor, p: DTensor) -> torch.Tensor:

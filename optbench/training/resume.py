@@ -16,30 +16,32 @@ from omegaconf import OmegaConf
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint
+from optbench.training import checkpoint, sharded_checkpoint
+from optbench.training.sharded_checkpoint import Sharded
 
 RUN_CONTROL = ("run.", "diag.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
 """Keys that change how a run is executed or logged, not what it computes (diag.* only measures it)."""
 
 
-def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore,
-         map_location: torch.device) -> tuple[Path, dict[str, Any]] | None:
-    """The verified checkpoint to continue from per `run.resume` (auto | never | PATH), or None to start."""
+def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore, map_location: torch.device,
+         sharded: bool = False) -> tuple[Path, dict[str, Any] | Sharded] | None:
+    """The verified checkpoint to continue from per `run.resume` (auto | never | PATH), or None to start. A sharded
+    checkpoint comes read whole, or with `sharded` (an FSDP2 run, which reads its own shards) as a `Sharded`."""
     resume = cfg.run.resume
     if resume not in ("auto", "never"):
         path = Path(resume)
-        if path.is_dir():
-            raise UserError(f"run.resume={resume} is a folder; give a checkpoint file (a run's checkpoints/"
-                            f"step-*.pt), or run.dir={resume} run.resume=auto to continue the run there")
-        if not path.is_file():
-            raise UserError(f"run.resume={resume}: no such checkpoint file; valid: auto, never, PATH")
+        if path.is_dir() and not sharded_checkpoint.is_sharded(path):
+            raise UserError(f"run.resume={resume} is a folder; give a checkpoint (a run's checkpoints/step-*.pt "
+                            f"or step-*/), or run.dir={resume} run.resume=auto to continue the run there")
+        if not path.exists():
+            raise UserError(f"run.resume={resume}: no such checkpoint; valid: auto, never, PATH")
         try:
-            return path, checkpoint.load(path, map_location)
+            return path, checkpoint.read(path, map_location, whole=not sharded)
         except (checkpoint.CorruptCheckpoint, OSError, RuntimeError, EOFError) as err:
             # the same failures CheckpointStore.latest() skips past; torch's own messages can run to many lines
             reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise UserError(f"run.resume={resume} is not a usable checkpoint: {reason}") from None
-    found = store.latest(map_location) if resume == "auto" else None
+    found = store.latest(map_location, whole=not sharded) if resume == "auto" else None
     if found is not None:
         check_same_config(run_dir, cfg)
         return found
@@ -50,6 +52,18 @@ def find(cfg: Config, run_dir: Path, store: checkpoint.CheckpointStore,
         raise UserError(f"run.dir={run_dir} already holds a run without a usable checkpoint to resume; "
                         "choose another run.dir")
     return None
+
+
+def check_world_size(cfg: Config, found: tuple[Path, dict[str, Any] | Sharded], world_size: int) -> None:
+    """Refuse to continue on another number of ranks where that changes the numbers: with dropout, each rank draws
+    its masks from its own random stream. Everything else carries over: a step's batches are a function of the
+    step alone (data/loader.py), and the optimizer's state is one process's (sharded_state.py)."""
+    path, state = found
+    saved = len((state.run_state if isinstance(state, Sharded) else state)["rng"])
+    if saved != world_size and cfg.model.dropout > 0:
+        raise UserError(f"model.dropout={cfg.model.dropout} draws each rank's masks from its own random stream, so "
+                        f"{path} (saved at world size {saved}) resumes at world size {saved} only, not {world_size}; "
+                        f"run it with torchrun --nproc_per_node={saved}")
 
 
 def check_same_config(run_dir: Path, cfg: Config) -> None:

@@ -29,7 +29,7 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume, sharded_state
 from optbench.training.averaging import WeightAverage
 from optbench.training.evaluation import validation_metrics
 from optbench.training.sample import continuation
@@ -38,6 +38,7 @@ from optbench.training.preemption import StopRequest
 from optbench.training.rng import isolated_rng, rng_state, set_rng_state
 from optbench.training.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
 from optbench.training.schedules import lr_multiplier
+from optbench.training.sharded_checkpoint import Sharded
 from optbench.training.timing import StepTimer
 from optbench.training.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 from optbench.training.telemetry import Telemetry
@@ -101,7 +102,11 @@ class Trainer:
         run_dir = cfg.run.dir or str(default_dir(cfg.model.name, cfg.optim.name))
         self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
-        self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device)
+        self.sharded = self.world.distributed and cfg.train.parallel == "fsdp"
+        """Checkpoints are sharded folders, each rank writing and reading its own shards (sharded_state.py)."""
+        self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device, sharded=self.sharded)
+        if self.resume_from is not None:
+            resume.check_world_size(cfg, self.resume_from, self.world.size)
         require_optional(cfg.run)
         downstream.check_before_training(cfg)
 
@@ -401,7 +406,8 @@ class Trainer:
     def _save(self) -> None:
         """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling.
 
-        Every rank's RNG state is gathered (a rank's dropout or sampling stream is its own); rank 0 writes.
+        Every rank's RNG state is gathered (a rank's dropout stream is its own). Under FSDP2 every rank writes its
+        shards of a sharded checkpoint; otherwise rank 0 writes one file.
         """
         extra: dict[str, Any] = {"time_s": self._elapsed(), "telemetry": self.telemetry.state_dict()}
         if self.hooks.caps.train_eval_modes:
@@ -409,17 +415,24 @@ class Trainer:
                 extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         if self.averager is not None:
             extra["averaged_model"] = self.averager.state_dict()
-        rngs = distributed.gather_objects(self.world, rng_state())
-        model_state, optimizer_state = distributed.full_state(self.model, self.optimizer)
-        if self.world.is_main:
-            self.store.save(self.step, {
-                "model": model_state, "optimizer": optimizer_state, "step": self.step,
-                "tokens": self.step * self.tokens_per_step, "rng": rngs, "extra": extra})
+        payload = {"step": self.step, "tokens": self.step * self.tokens_per_step,
+                   "rng": distributed.gather_objects(self.world, rng_state()), "extra": extra}
+        if self.sharded:
+            self.store.save_sharded(self.step, *sharded_state.contents(self.model, self.optimizer, payload))
+        elif self.world.is_main:
+            self.store.save(self.step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                        **payload})
         distributed.barrier(self.world)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+    def _restore(self, state: dict[str, Any] | Sharded) -> None:
+        if isinstance(state, Sharded):
+            sharded_state.load_in_place(state, self.model, self.optimizer)
+            state = state.run_state
+        else:
+            distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         rngs = state["rng"]
+        # Another world size is refused where a rank draws from its stream (resume.check_world_size); elsewhere
+        # the streams go unused, and a rank the saving run did not have takes the last one's.
         set_rng_state(rngs[min(self.world.rank, len(rngs) - 1)])
         if self.averager is not None:
             self.averager.load_state_dict(state["extra"]["averaged_model"])

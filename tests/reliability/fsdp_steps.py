@@ -3,8 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node=N -m tests.reliability.fsdp_steps OUT.json [NAME...]
 
 For each optimizer (default: every one FSDP does not refuse) rank 0 writes to OUT.json how far the FSDP2 weights are
-from one process's after a few steps, whether the gathered state dict equals one process's, and how far the weights
-are after a step taken by a fresh FSDP2 optimizer loaded from one process's state dict (all 0.0 / true: bit for bit).
+from one process's after a few steps; whether its sharded checkpoint, read whole, holds one process's model and
+optimizer state dicts; and how far the weights are after a step taken by fresh FSDP2 optimizers loaded from one
+process's state dict (a single-file checkpoint) and from the sharded checkpoint (all 0.0 / true: bit for bit).
 Every rank holds the one-process reference itself. Gradients come from a seeded generator instead of a backward pass:
 FSDP2 reduces real gradients in another order than one process sums its micro-batches, which shows in the last bit
 (and SOAP's eigenbases make the most of it); here the optimizers alone are compared.
@@ -28,11 +29,12 @@ from optbench import models, optim
 from optbench.config.compose import compose
 from optbench.optim.algorithms import mulo
 from optbench.optim.functional import sharding
-from optbench.training import distributed, fsdp_optimizer
+from optbench.training import distributed, fsdp_optimizer, sharded_checkpoint, sharded_state
 from optbench.training.fsdp_optimizer import FSDPOptimizer
 from optbench.training.fsdp_state import parameter_states
 from optbench.training.optimizer_hooks import OptimizerHooks
 from optbench.training.shard_exchange import shard_rows
+from optbench.training.sharded_checkpoint import Sharded
 
 STEPS = 4
 VOCAB = 51
@@ -135,7 +137,7 @@ def _tensors(value):
             yield from _tensors(v)
 
 
-def check(name: str, world: distributed.World, weights_dir: Path) -> dict:
+def check(name: str, world: distributed.World, weights_dir: Path, checkpoints: Path) -> dict:
     cfg = config(name, weights_dir)
     reference, sharded = models_for(name, world)
     ref_opt, fsdp_opt = optim.build(cfg, reference), fsdp_optimizer_for(cfg, sharded)
@@ -145,15 +147,44 @@ def check(name: str, world: distributed.World, weights_dir: Path) -> dict:
     for _ in range(STEPS):
         step([(reference, ref_opt), (sharded, fsdp_opt)], generator)
     result = {"max_weight_diff": weight_diff(reference, sharded), **placement(fsdp_opt, ref_opt)}
-    gathered = fsdp_opt.full_state_dict()
-    result["state_equal"] = same(ref_opt.state_dict(), gathered) if world.is_main else None
+    saved = save_sharded(sharded, fsdp_opt, checkpoints / name)
+    if world.is_main:
+        whole = sharded_state.whole_payload(saved)
+        result["model_equal"] = same(reference.state_dict(), whole["model"])
+        result["state_equal"] = same(without_empty_states(ref_opt.state_dict()), whole["optimizer"])
     resumed = distributed.replicate(copy.deepcopy(reference), world, "fsdp")
     resumed_opt = fsdp_optimizer_for(cfg, resumed)
     resumed_opt.load_full_state_dict(copy.deepcopy(ref_opt.state_dict()))  # as read from a file: no aliasing
-    step([(reference, ref_opt), (resumed, resumed_opt)], generator)
+    from_shards = distributed.replicate(fresh_model(name), world, "fsdp")
+    from_shards_opt = fsdp_optimizer_for(cfg, from_shards)
+    sharded_state.load_in_place(saved, from_shards, from_shards_opt)
+    step([(reference, ref_opt), (resumed, resumed_opt), (from_shards, from_shards_opt)], generator)
     result["resumed_diff"] = weight_diff(reference, resumed)
+    result["sharded_resumed_diff"] = weight_diff(reference, from_shards)
     result["forward_diff"] = forward_after_evaluation_diff(name, [(reference, ref_opt), (resumed, resumed_opt)])
     return result
+
+
+def save_sharded(model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path) -> Sharded:
+    """The sharded checkpoint a run under FSDP2 writes of `model` and `opt` (every rank writes its part)."""
+    payload = {"step": STEPS, "tokens": 0, "rng": [], "extra": {}}
+    sharded_checkpoint.save(path, STEPS, *sharded_state.contents(model, opt, payload))
+    return sharded_checkpoint.open_checkpoint(path)
+
+
+def fresh_model(name: str) -> torch.nn.Module:
+    """The model built again with other weights: everything a resumed run computes must come from the checkpoint."""
+    torch.manual_seed(1)
+    cfg = compose([f"model={MODEL.get(name, 'moe-debug')}", "model.pad_vocab_multiple=1", "model.n_embd=32"]).model
+    return models.build(cfg, VOCAB, 16)
+
+
+def without_empty_states(state_dict: dict) -> dict:
+    """One process's state dict without the empty per-parameter states, which a sharded checkpoint does not keep
+    (sharded_state.py): signSGD keeps nothing per parameter."""
+    if "parts" in state_dict:
+        return {**state_dict, "parts": {k: without_empty_states(v) for k, v in state_dict["parts"].items()}}
+    return {**state_dict, "state": {i: st for i, st in state_dict["state"].items() if st}}
 
 
 def forward_after_evaluation_diff(name: str, pairs) -> float:
@@ -174,9 +205,10 @@ def main(out: str, requested: list[str]) -> int:
     results = {}
     with distributed.process_group(world), tempfile.TemporaryDirectory() as tmp:
         distributed.init(world, "cpu")
+        shared = Path(distributed.gather_objects(world, tmp)[0]) / "checkpoints"  # rank 0's: all write shards there
         for name in names(requested):
             try:
-                results[name] = check(name, world, Path(tmp))
+                results[name] = check(name, world, Path(tmp), shared)
             except Exception:  # noqa: BLE001 -- one optimizer's failure is its result; the others still run
                 results[name] = {"error": traceback.format_exc(limit=-3)}
     if world.is_main:

@@ -111,13 +111,13 @@ def test_a_run_resumes_exactly_from_the_checkpoint_before_a_damaged_one(damage, 
     overrides = [*tiny_overrides, "run.ckpt_every=5"]
     real_latest = CheckpointStore.latest
 
-    def damage_newest_then_read(self, map_location="cpu"):
+    def damage_newest_then_read(self, map_location="cpu", whole=True):
         if not self.steps():
-            return real_latest(self, map_location)
+            return real_latest(self, map_location, whole)
         newest = self.path(self.steps()[-1])
         data = newest.read_bytes()
         newest.write_bytes(data[: len(data) // 3] if damage == "truncated" else data[:-9] + b"\x00" + data[-8:])
-        return real_latest(self, map_location)
+        return real_latest(self, map_location, whole)
 
     # The run is stopped at step 21 (checkpoints 20 and 21 kept); on resume, 21 is damaged first.
     with monkeypatch.context() as patch:

@@ -1,13 +1,13 @@
-"""torchrun with 2 CPU processes (gloo) computes what one process computes with the same global batch,
-under DDP and under FSDP2.
+"""torchrun with 2 CPU processes (gloo) computes what one process computes with the same global batch under DDP.
 
 `train.grad_accum` counts micro-batches per step over all ranks, so 2 ranks x 1 micro-batch and 1 process
 x 2 micro-batches see the same global batch. The sharded optimizers (Muon's Newton–Schulz, SOAP's
-eigenbases, Shampoo's inverse roots, each computed on one rank and broadcast) must agree too. FSDP2 with the
-optimizers that step whole tensors on owner ranks is tested in test_fsdp_owners.py.
+eigenbases, Shampoo's inverse roots, each computed on one rank and broadcast) must agree too. FSDP2 is tested in
+test_sharded_resume.py (elementwise optimizers, sharded checkpoints) and test_fsdp_owners.py (optimizers that step
+whole tensors on owner ranks).
 
-All DDP runs share one torchrun launch and all FSDP runs another (tests/reliability/ranks.py runs them in
-order in one process group); the refusal test launches `optbench train` itself, the entry point users run.
+All DDP runs share one torchrun launch (tests/reliability/ranks.py runs them in order in one process group); the
+refusal test launches `optbench train` itself, the entry point users run.
 """
 
 import json
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import optbench
 from optbench.training.checkpoint import CheckpointStore
@@ -79,9 +78,9 @@ def assert_resumed_from_step_10(first: Path, resumed: Path) -> CheckpointStore:
     return store
 
 
-def runs_of(folder: Path, cases: dict[str, list[str]], resumed: str, parallel: str) -> dict[str, list[str]]:
+def runs_of(folder: Path, cases: dict[str, list[str]], resumed: str) -> dict[str, list[str]]:
     """name -> overrides for each case, on one prepared corpus, then `resumed` again from its step 10."""
-    base = [*tiny_run(folder, write_corpus(folder)), *COMMON, f"train.parallel={parallel}"]
+    base = [*tiny_run(folder, write_corpus(folder)), *COMMON]
     runs = {name: [*base, *extra] for name, extra in cases.items()}
     step_10 = CheckpointStore(folder / resumed / "checkpoints").path(10)
     runs[f"{resumed}-resumed"] = [*runs[resumed], f"run.resume={step_10}"]
@@ -91,15 +90,7 @@ def runs_of(folder: Path, cases: dict[str, list[str]], resumed: str, parallel: s
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
     folder = tmp_path_factory.mktemp("ddp")
-    runs = runs_of(folder, {name: [f"optim={name}", *extra] for name, extra in CASES.items()}, "muon", "ddp")
-    launch_all(folder, runs)
-    return folder, runs
-
-
-@pytest.fixture(scope="module")
-def fsdp(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
-    folder = tmp_path_factory.mktemp("fsdp")
-    runs = runs_of(folder, {"adamw": ["optim=adamw"], "nadam": ["optim=nadam"]}, "adamw", "fsdp")
+    runs = runs_of(folder, {name: [f"optim={name}", *extra] for name, extra in CASES.items()}, "muon")
     launch_all(folder, runs)
     return folder, runs
 
@@ -116,19 +107,6 @@ def test_ranks_write_one_run_directory_and_resume_together(ddp):
     assert len(store.latest()[1]["rng"]) == 2  # each rank's random streams
     lines = read_metrics(folder / "muon")
     assert len({(r["step"], "loss" in r) for r in lines}) == len(lines), "a rank other than 0 logged"
-
-
-@pytest.mark.parametrize("name", ["adamw", "nadam"])
-def test_fsdp_equals_one_process(name, fsdp):
-    folder, runs = fsdp
-    assert_ranks_match_one_process(folder / name, runs[name], name)  # train.parallel means nothing to one process
-
-
-def test_fsdp_checkpoints_gather_whole_state_and_resume_exactly(fsdp):
-    folder, _ = fsdp
-    store = assert_resumed_from_step_10(folder / "adamw", folder / "adamw-resumed")
-    wpe = store.latest()[1]["model"]["transformer.wpe.weight"]
-    assert type(wpe) is torch.Tensor and wpe.shape == (32, 32)  # whole (seq_len x n_embd), not a rank's shard
 
 
 def test_fsdp_refuses_optimizers_it_cannot_run_in_one_line(tmp_path, tiny_overrides):

@@ -1,12 +1,15 @@
 """train.parallel=fsdp with the optimizers that need whole tensors (Muon, SOAP, Shampoo, PSGD-Kron, GaLore, ...): each
 such tensor is stepped whole on one owner rank (optbench/training/fsdp_optimizer.py), so 2 ranks compute what one
-process computes, checkpoints are one process's, and each tensor's optimizer state lives on its owner only.
+process computes, sharded checkpoints hold one process's state, and each tensor's optimizer state lives on its owner
+only.
 
 Two torchrun launches of 2 CPU ranks (gloo):
 - the trainer: adamw, muon, soap, shampoo, psgd-kron and galore on llama-debug and moe-debug for 20 steps, against one
   process with the same global batch; then muon again, resumed from its step-10 checkpoint;
 - tests/reliability/fsdp_steps.py: every optimizer FSDP does not refuse, stepped under FSDP2 and in one process from
-  the same gradients: weights, gathered state dicts and a reload, bit for bit; where each whole tensor's state lives.
+  the same gradients: weights, the sharded checkpoint read whole against one process's state dicts, and a step after
+  reloading from one process's state dict and from the sharded checkpoint, bit for bit; where each whole tensor's
+  state lives.
 
 The trainer's runs leave gradients unclipped. Under FSDP2 the clipping norm is summed shard by shard, in another order
 than one process's, which moves every clipped gradient by an ulp; SOAP's eigenbases of its first, nearly degenerate
@@ -54,7 +57,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
     base = [*tiny_run(folder, write_corpus(folder)), *COMMON]
     runs = {f"{model}-{name}": [*base, f"model={model}", f"optim={name}", *extra]
             for model in MODELS for name, extra in CASES.items()}
-    step_10 = CheckpointStore(folder / "llama-debug-muon" / "checkpoints").path(10)
+    step_10 = CheckpointStore(folder / "llama-debug-muon" / "checkpoints").sharded_path(10)
     runs["llama-debug-muon-resumed"] = [*runs["llama-debug-muon"], f"run.resume={step_10}"]
     launch_all(folder, runs)
     return folder, runs
@@ -80,7 +83,7 @@ def test_two_ranks_give_one_process_losses(name, model, trained):
         assert b == pytest.approx(a, rel=1e-5), f"{run}: step {step}: one process {a}, 2 ranks {b}"
 
 
-def test_resume_from_a_one_process_checkpoint_is_exact(trained):
+def test_resume_from_a_sharded_checkpoint_is_exact_and_it_reads_whole_as_one_process(trained):
     folder, _ = trained
     after = lambda run: [x for x in losses(folder / run) if x[0] > 10]  # noqa: E731
     assert after("llama-debug-muon-resumed") == after("llama-debug-muon") and after("llama-debug-muon")
@@ -95,7 +98,8 @@ def test_resume_from_a_one_process_checkpoint_is_exact(trained):
 def test_every_optimizer_steps_under_fsdp_as_in_one_process(name, stepped):
     result = stepped[name]
     assert "error" not in result, result.get("error")
-    assert result["max_weight_diff"] == 0.0 and result["state_equal"] and result["resumed_diff"] == 0.0
+    assert result["max_weight_diff"] == 0.0 and result["model_equal"] and result["state_equal"]
+    assert result["resumed_diff"] == 0.0 and result["sharded_resumed_diff"] == 0.0
     assert result["forward_diff"] == 0.0  # after an evaluation (Schedule-Free moves the weights there and back)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optbench.cli import main
-from optbench.training import checkpoint
+from optbench.training import checkpoint, sharded_checkpoint
 from optbench.training.checkpoint import CheckpointStore
 
 
@@ -33,7 +33,7 @@ def refused(capsys, tmp_path, overrides: list[str]) -> str:
 
 def test_a_missing_checkpoint_file(tmp_path, tiny_overrides, capsys):
     err = refused(capsys, tmp_path, [*tiny_overrides, f"run.resume={tmp_path / 'nope.pt'}"])
-    assert f"run.resume={tmp_path / 'nope.pt'}: no such checkpoint file; valid: auto, never, PATH" in err
+    assert f"run.resume={tmp_path / 'nope.pt'}: no such checkpoint; valid: auto, never, PATH" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -42,6 +42,23 @@ def test_a_folder_instead_of_a_checkpoint_file(tmp_path, tiny_overrides, capsys)
     err = refused(capsys, tmp_path, [*tiny_overrides, f"run.resume={tmp_path / 'old'}"])
     assert f"run.resume={tmp_path / 'old'} is a folder" in err
     assert f"run.dir={tmp_path / 'old'} run.resume=auto" in err
+
+
+def test_a_damaged_sharded_checkpoint(tmp_path, tiny_overrides, capsys):
+    folder = CheckpointStore(tmp_path / "old").sharded_path(10)
+    sharded_checkpoint.save(folder, 10, {"model": {"w": torch.arange(100.0)}}, {"step": 10})
+    shard = folder / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    err = refused(capsys, tmp_path, [*tiny_overrides, f"run.resume={folder}"])
+    assert f"run.resume={folder} is not a usable checkpoint: checksum mismatch in __0_0.distcp" in err
+
+
+def test_another_number_of_ranks_with_dropout(tmp_path, tiny_overrides, capsys):
+    """Each rank draws its dropout masks from its own random stream: a 2-rank checkpoint resumes on 2 ranks only."""
+    saved = CheckpointStore(tmp_path / "old").save(10, {"step": 10, "rng": [{}, {}]})
+    err = refused(capsys, tmp_path, [*tiny_overrides, "model.dropout=0.1", f"run.resume={saved}"])
+    assert (f"model.dropout=0.1 draws each rank's masks from its own random stream, so {saved} (saved at world size "
+            "2) resumes at world size 2 only, not 1; run it with torchrun --nproc_per_node=2") in err
 
 
 def with_checksum(path, body: bytes) -> bytes:
