@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from hydra.core.config_store import ConfigStore
 
 from optbench import plugins
 from optbench.bench import launch, layout
 from optbench.bench.suite import load_suite
 from optbench.bench.worker import work
-from optbench.config.compose import compose
+from optbench.config.compose import _store_schemas, compose
 from optbench.errors import UserError
 from optbench.models.registry import MODELS
 from optbench.optim.registry import OPTIMIZERS
@@ -67,8 +68,12 @@ def fresh_process():
     """What a test's plugins registered and ran is forgotten afterwards, as if each test were a process of its own
     (the README's optimizer count, and the plugins a bench records, are read by other tests)."""
     saved = [dict(OPTIMIZERS), dict(MODELS), dict(plugins._LOADED)]
+    options = {group: dict(ConfigStore.instance().repo.get(group, {})) for group in ("model", "optim")}
     yield
     forget(saved)
+    for group, before in options.items():  # Hydra's options for the plugins' classes, stored once per state of
+        ConfigStore.instance().repo[group] = before  # the registries (config/compose.py): stored again as needed
+    _store_schemas.cache_clear()
 
 
 def forget(saved: list[dict]) -> None:

@@ -176,7 +176,8 @@ class TrainConfig:
     """Start averaging after this many steps."""
     parallel: str = "ddp"
     """Under torchrun: ddp (a full replica per rank) | fsdp (FSDP2: parameters, gradients and optimizer state
-    sharded over ranks, for models that do not fit one device; elementwise optimizers only)."""
+    sharded over ranks, for models that do not fit one device; an optimizer that needs whole matrices steps each on
+    an owner rank, and checkpoints are sharded folders: training/fsdp_optimizer.py, sharded_checkpoint.py)."""
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "seq_len"):
