@@ -29,19 +29,20 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume, sharded_state
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume
 from optbench.training.averaging import WeightAverage
+from optbench.training.checkpointer import Checkpointer
 from optbench.training.evaluation import validation_metrics
-from optbench.training.sample import continuation
 from optbench.training.optimizer_hooks import OptimizerHooks
 from optbench.training.preemption import StopRequest
 from optbench.training.rng import isolated_rng, rng_state, set_rng_state
 from optbench.training.rundir import default_dir, environment, read_json, truncate_metrics, write_atomic, write_json
+from optbench.training.sample import continuation
 from optbench.training.schedules import lr_multiplier
 from optbench.training.sharded_checkpoint import Sharded
-from optbench.training.timing import StepTimer
 from optbench.training.sinks import ConsoleSink, JsonlSink, Sink, TensorBoardSink, WandbSink, require_optional
 from optbench.training.telemetry import Telemetry
+from optbench.training.timing import StepTimer
 
 
 class StopTraining(Exception):
@@ -103,7 +104,6 @@ class Trainer:
         self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
         self.sharded = self.world.distributed and cfg.train.parallel == "fsdp"
-        """Checkpoints are sharded folders, each rank writing and reading its own shards (sharded_state.py)."""
         self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device, sharded=self.sharded)
         if self.resume_from is not None:
             resume.check_world_size(cfg, self.resume_from, self.world.size)
@@ -145,6 +145,8 @@ class Trainer:
         # rank 0 measures the dynamics for all (DDP's replicas are equal), on the first validation window
         self.telemetry = Telemetry(cfg.diag, self.model, self.plan, self.val_batches[0][0][:1], self.device,
                                    self.dtype, measures=self.world.is_main)
+        self.checkpointer = Checkpointer(self.store, self.world, self.sharded, self.model, self.optimizer, self.hooks,
+                                         self.averager, self.telemetry)
         self.timer = StepTimer(self.device)  # each process times its own steps: a resumed run warms up again
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.train.seq_len
         self.step = 0
@@ -404,39 +406,7 @@ class Trainer:
             self.console.print(line, highlight=False)
 
     def _save(self) -> None:
-        """Saved in train mode, so resuming is exact; eval-mode weights ride along for sampling.
-
-        Every rank's RNG state is gathered (a rank's dropout stream is its own). Under FSDP2 every rank writes its
-        shards of a sharded checkpoint; otherwise rank 0 writes one file.
-        """
-        extra: dict[str, Any] = {"time_s": self._elapsed(), "telemetry": self.telemetry.state_dict()}
-        if self.hooks.caps.train_eval_modes:
-            with self.hooks.eval_mode():
-                extra["eval_model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
-        if self.averager is not None:
-            extra["averaged_model"] = self.averager.state_dict()
-        payload = {"step": self.step, "tokens": self.step * self.tokens_per_step,
-                   "rng": distributed.gather_objects(self.world, rng_state()), "extra": extra}
-        if self.sharded:
-            self.store.save_sharded(self.step, *sharded_state.contents(self.model, self.optimizer, payload))
-        elif self.world.is_main:
-            self.store.save(self.step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                        **payload})
-        distributed.barrier(self.world)
+        self.checkpointer.save(self.step, self.step * self.tokens_per_step, self._elapsed())
 
     def _restore(self, state: dict[str, Any] | Sharded) -> None:
-        if isinstance(state, Sharded):
-            sharded_state.load_in_place(state, self.model, self.optimizer)
-            state = state.run_state
-        else:
-            distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
-        rngs = state["rng"]
-        # Another world size is refused where a rank draws from its stream (resume.check_world_size); elsewhere
-        # the streams go unused, and a rank the saving run did not have takes the last one's.
-        set_rng_state(rngs[min(self.world.rank, len(rngs) - 1)])
-        if self.averager is not None:
-            self.averager.load_state_dict(state["extra"]["averaged_model"])
-        self.step = state["step"]
-        self.time_offset = state["extra"].get("time_s", 0.0)
-        if "telemetry" in state["extra"]:  # checkpoints from before telemetry start its counts afresh
-            self.telemetry.load_state_dict(state["extra"]["telemetry"])
+        self.step, self.time_offset = self.checkpointer.restore(state)

@@ -22,7 +22,7 @@ from optbench.training.attention_probe import attention_stats
 from optbench.training.diagnostics import SpikeDetector
 from optbench.training.rundir import read_metrics
 from optbench.training.sinks import ConsoleSink
-from optbench.training.trainer import Trainer
+from optbench.training.trainer import Trainer, check_parallel
 
 VOCAB, SEQ = 48, 12
 
@@ -232,7 +232,7 @@ def test_drift_k_defaults_to_ten_steps_or_the_cadence_when_shorter():
 
 def test_fsdp_refuses_dynamics_naming_the_valid_choice():
     cfg = compose(["optim=adamw", "train.parallel=fsdp", "diag.every=100"])
-    ranks = SimpleNamespace(world=SimpleNamespace(distributed=True), cfg=cfg)
     with pytest.raises(UserError, match=r"^diag.every=100 .* valid with fsdp: diag.every=0 \(or train.parallel=ddp\)$"):
-        Trainer._check_parallel(ranks)
-    Trainer._check_parallel(SimpleNamespace(world=ranks.world, cfg=compose(["optim=adamw", "train.parallel=fsdp"])))
+        check_parallel(cfg, world_size=2)
+    check_parallel(compose(["optim=adamw", "train.parallel=fsdp"]), world_size=2)
+    check_parallel(cfg, world_size=1)  # one process: nothing is sharded
