@@ -9,8 +9,10 @@ returns (a line at a time, so a SIGKILL loses at most the claim it interrupts: t
 Processes fork from a server that imported optbench once (multiprocessing's forkserver): 32 fresh interpreters
 importing torch would take minutes on 2 cores, and a fork of the benchmark itself would inherit its database
 connections. All workers start claiming together once every one is ready; the wall clock runs from then until
-the last one exits. With kills on, the supervisor SIGKILLs a random worker at exponentially distributed times and
-starts a new one in its place; the dead one's trial is failed and requeued by the storage's heartbeat check.
+the last one exits. With kills on, the supervisor SIGKILLs a random worker holding a trial at exponentially
+distributed times and starts a new one in its place; the dead one's trial is failed and requeued by the storage's
+heartbeat check. Kills aim at trials because that is the path they test: a claim killed half-way is rolled back by
+the database (claim_transaction.py; tests/bench/test_claims.py fails a claim on purpose).
 """
 
 from __future__ import annotations
@@ -68,9 +70,9 @@ def read_claims(folder: Path) -> list[dict[str, Any]]:
             for line in path.read_text().splitlines() if line.strip()]
 
 
-def work(job: Job, worker_id: str, seed: int, ready=None, go=None) -> None:
-    """One worker until the suite is done. With `ready` and `go`, it signals once its storage is open and waits
-    for the start."""
+def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, ready=None, go=None) -> None:
+    """One worker until the suite is done. `training[slot]` is 1 while it holds a trial (the supervisor aims its
+    kills with it); with `ready` and `go`, it signals once its storage is open and waits for the start."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job.url, job.suite.execution)
     trainer = FakeTrainer(job.suite, job.times, random.Random(seed))
@@ -89,8 +91,12 @@ def work(job: Job, worker_id: str, seed: int, ready=None, go=None) -> None:
             if claim is WAIT:
                 time.sleep(POLL_S)
                 continue
+            if training is not None:
+                training[slot] = 1
             with heartbeat(storage, claim.trial._trial_id, job.suite.execution.heartbeat_s):
                 tell(claim, trainer.train(claim))
+            if training is not None:
+                training[slot] = 0
 
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:
@@ -102,63 +108,95 @@ def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, A
             "trial_id": claim.trial._trial_id, "key": run_key(claim.hparams, claim.seed)}
 
 
-def await_ready(procs: dict[int, multiprocessing.Process], ready) -> None:
-    """Until every worker has opened the storage; a worker that dies meanwhile stops the run."""
-    deadline, waiting = time.perf_counter() + READY_TIMEOUT_S, len(procs)
-    while waiting:
-        if ready.acquire(timeout=0.2):
-            waiting -= 1
-            continue
-        dead = [p.name for p in procs.values() if p.exitcode is not None]
-        if dead:
-            raise RuntimeError(f"worker {dead[0]} exited before the start (its traceback is above)")
-        if time.perf_counter() > deadline:
-            raise RuntimeError(f"workers did not open the storage within {READY_TIMEOUT_S} s")
+class Supervisor:
+    """Starts the workers, starts them claiming together, and with kills on, SIGKILLs one that holds a trial at
+    exponentially distributed times (mean `kill_every_s`; a kill falls due and waits for a worker in a trial) and
+    starts another in its slot. A worker that fails on its own stops the run (RuntimeError)."""
 
+    def __init__(self, job: Job, workers: int, kill_every_s: float | None, seed: int, max_kills: int | None,
+                 timeout_s: float | None):
+        self.job, self.kill_every_s, self.seed, self.max_kills = job, kill_every_s, seed, max_kills
+        self.timeout_s = timeout_s
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload([__name__])
+        self.ready, self.go = self.context.Semaphore(0), self.context.Event()
+        self.training = self.context.Array("b", workers, lock=False)
+        self.rng = random.Random(seed)
+        self.generation = [0] * workers
+        self.procs: dict[int, multiprocessing.Process] = {}
+        self.kills = 0
 
-def run(job: Job, workers: int, kill_every_s: float | None = None, seed: int = 0) -> Supervision:
-    """`workers` processes until the suite is done; with `kill_every_s`, a random one is SIGKILLed and replaced
-    every `kill_every_s` seconds on average. A worker that fails on its own stops the run (RuntimeError)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    ready, go = context.Semaphore(0), context.Event()
-    rng = random.Random(seed)
-    generation = {slot: 0 for slot in range(workers)}
-
-    def start(slot: int, wait_for_go: bool) -> multiprocessing.Process:
-        name = f"w{slot}" if generation[slot] == 0 else f"w{slot}.{generation[slot]}"
-        process = context.Process(target=work, name=name, args=(job, name, seed * 10_000 + slot * 100 + generation[slot]),
-                                  kwargs={"ready": ready, "go": go} if wait_for_go else {})
+    def start(self, slot: int, first: bool) -> None:
+        generation = self.generation[slot]
+        name = f"w{slot}" if generation == 0 else f"w{slot}.{generation}"
+        self.training[slot] = 0
+        process = self.context.Process(
+            target=work, name=name, args=(self.job, name, self.seed * 10_000 + slot * 100 + generation, self.training,
+                                          slot),
+            kwargs={"ready": self.ready, "go": self.go} if first else {})
         process.start()
-        return process
+        self.procs[slot] = process
 
-    procs = {slot: start(slot, wait_for_go=True) for slot in range(workers)}
-    kills = 0
-    try:
-        await_ready(procs, ready)
-        began = time.perf_counter()
-        go.set()
-        next_kill = began + rng.expovariate(1 / kill_every_s) if kill_every_s else None
-        while procs:
-            timeout = None if next_kill is None else max(0.0, next_kill - time.perf_counter())
-            wait([p.sentinel for p in procs.values()], timeout)
-            for slot, process in list(procs.items()):
-                if process.exitcode is not None:
-                    del procs[slot]
-                    if process.exitcode != 0:
-                        raise RuntimeError(f"worker {process.name} exited with code {process.exitcode}")
-            if next_kill is not None and time.perf_counter() >= next_kill:
-                alive = sorted(slot for slot, process in procs.items() if process.exitcode is None)
-                if alive:
-                    slot = rng.choice(alive)
-                    os.kill(procs[slot].pid, signal.SIGKILL)
-                    procs[slot].join()
-                    kills += 1
-                    generation[slot] += 1
-                    procs[slot] = start(slot, wait_for_go=False)
-                next_kill = time.perf_counter() + rng.expovariate(1 / kill_every_s)
-        return Supervision(time.perf_counter() - began, kills)
-    finally:
-        for process in procs.values():
-            process.kill()
-            process.join()
+    def run(self) -> Supervision:
+        try:
+            for slot in range(len(self.generation)):
+                self.start(slot, first=True)
+            self.await_ready()
+            began = time.perf_counter()
+            self.go.set()
+            due = began + self.rng.expovariate(1 / self.kill_every_s) if self.kill_every_s else None
+            deadline = began + self.timeout_s if self.timeout_s else None
+            while self.procs:
+                timeout = min((t - time.perf_counter() for t in (due, deadline) if t is not None), default=None)
+                wait([p.sentinel for p in self.procs.values()], None if timeout is None else max(0.01, timeout))
+                self.reap()
+                if deadline is not None and time.perf_counter() > deadline:
+                    raise RuntimeError(f"the suite was not done after {self.timeout_s:g} s; {len(self.procs)} workers "
+                                       "were still claiming")
+                if due is not None and time.perf_counter() >= due and self.kill_one():
+                    more = self.max_kills is None or self.kills < self.max_kills
+                    due = time.perf_counter() + self.rng.expovariate(1 / self.kill_every_s) if more else None
+            return Supervision(time.perf_counter() - began, self.kills)
+        finally:
+            for process in self.procs.values():
+                process.kill()
+                process.join()
+
+    def await_ready(self) -> None:
+        """Until every worker has opened the storage; a worker that dies meanwhile stops the run."""
+        deadline, waiting = time.perf_counter() + READY_TIMEOUT_S, len(self.procs)
+        while waiting:
+            if self.ready.acquire(timeout=0.2):
+                waiting -= 1
+                continue
+            self.reap()
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"workers did not open the storage within {READY_TIMEOUT_S} s")
+
+    def reap(self) -> None:
+        for slot, process in list(self.procs.items()):
+            if process.exitcode is not None:
+                del self.procs[slot]
+                if process.exitcode != 0:
+                    raise RuntimeError(f"worker {process.name} exited with code {process.exitcode} (its traceback "
+                                       "is above)")
+
+    def kill_one(self) -> bool:
+        """SIGKILL a random worker holding a trial and start another in its slot; False if none holds one."""
+        holding = [slot for slot, process in self.procs.items() if process.exitcode is None and self.training[slot]]
+        if not holding:
+            return False
+        slot = self.rng.choice(sorted(holding))
+        os.kill(self.procs[slot].pid, signal.SIGKILL)
+        self.procs[slot].join()
+        self.kills += 1
+        self.generation[slot] += 1
+        self.start(slot, first=False)
+        return True
+
+
+def run(job: Job, workers: int, kill_every_s: float | None = None, seed: int = 0, max_kills: int | None = None,
+        timeout_s: float | None = None) -> Supervision:
+    """`workers` processes until the suite is done, with kills every `kill_every_s` on average where given (at most
+    `max_kills` of them); a run still going after `timeout_s` is stopped (RuntimeError)."""
+    return Supervisor(job, workers, kill_every_s, seed, max_kills, timeout_s).run()

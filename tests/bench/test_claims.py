@@ -16,7 +16,7 @@ import pytest
 
 from optbench.bench import plan
 from optbench.bench.storage import open_storage
-from optbench.bench.suite import Execution, OptimizerEntry, validate
+from optbench.bench.suite import Execution, OptimizerEntry, Scenario, validate
 from tests.bench.test_plan import loss, make_suite, run_to_end
 from tests.required import missing
 
@@ -66,6 +66,26 @@ def test_a_study_found_done_is_never_loaded_by_a_claim_again(storage, loads):
     for _ in range(3):
         assert plan.claim_next(suite, storage) is plan.DONE
     assert loads == []  # a finished suite is one query of the index
+
+
+def test_a_claim_fingerprints_each_optimizer_once_however_many_studies_it_skips(storage, monkeypatch):
+    """A claim compares the mark of every study it skips with that study's plan. Fingerprinting the plan afresh for
+    each study made a claim late in s4s-stage1 (192 studies) cost twice an early one (benchmarks/bench_scale.py
+    --suite); every scenario's studies of an optimizer share its plan, so once per optimizer and phase will do."""
+    one_point = {"lr": {"log": [1e-4, 1e-1], "grid": [1e-2]}, "beta2": None, "weight_decay": None}
+    suite = make_suite("grid", seeds=(0,), optimizers=[OptimizerEntry("adamw", search=one_point),
+                                                       OptimizerEntry("lion", search=one_point)])
+    suite.scenarios = [Scenario(f"s{i}") for i in range(5)]
+    assert len(run_to_end(suite, storage, objective=lr_loss)) == 5 * 2 * 2  # per pair: its grid point, its seed
+    computed = []
+    real = plan.fingerprint
+
+    def counting(suite, entry, phase):
+        computed.append((entry.name, phase))
+        return real(suite, entry, phase)
+    monkeypatch.setattr(plan, "fingerprint", counting)
+    assert plan.claim_next(suite, storage) is plan.DONE  # after comparing each of the 20 studies' marks
+    assert sorted(computed) == [("adamw", "final"), ("adamw", "tune"), ("lion", "final"), ("lion", "tune")]
 
 
 def test_a_final_study_reopens_when_the_final_seeds_grow(storage):
