@@ -12,15 +12,18 @@ claim costs more as the studies found done pile up. Each run starts from an empt
 a fresh schema in the --postgres database, dropped afterwards; default OPTBENCH_TEST_POSTGRES).
 
 A fake trial sleeps a lognormal time of mean --trial-ms and reports a synthetic loss curve (benchmarks/scale/
-fake_trainer.py). --kill SIGKILLs a random worker every --kill-every seconds on average and starts another in its
-place; heartbeats are short (1 s, grace 2 s), so the dead worker's trial is requeued within seconds.
+fake_trainer.py). --kill SIGKILLs a random worker holding a trial every --kill-every seconds on average and starts
+another in its place; heartbeats beat every second, so the dead worker's trial is requeued --grace-s (30) seconds
+after its last beat.
 
 Per run, one line: trials run to an end (each configuration once), trials requeued after a kill, pruned and
-diverged ones, wall-clock seconds from the start of the claims to the last worker's exit, claims/s, the latency of
-claims that handed out a trial (p50, p90, p99, and the p50 of the last tenth, which skip the most studies found
-done), SQL statements per such claim, claims that found nothing to do yet (waits), and the audit: duplicated and
-lost trials (benchmarks/scale/audit.py), both of which must be 0. Then, per storage, the worker count from which
-claims/s stopped scaling and what that means for a cluster whose trials last --real-trial-min minutes.
+diverged ones; wall-clock seconds from the start of the claims to the last worker's exit, and claims/s; for the
+claims that handed out a trial, the latency (p50, p90, p99, and the p50 of the last tenth, which skip the most
+studies found done), the p50 of the time spent waiting for the claim lock, holding it, and on the CPU, and the SQL
+statements sent; the share of the wall clock the claim lock was held; claims that found nothing to run yet
+(waits); and the audit: duplicated and lost trials (benchmarks/scale/audit.py), both of which must be 0. Then,
+per storage, where claims/s stopped scaling and why, and where a cluster whose trials last --real-trial-min minutes
+would saturate the claim lock; with --suite, how a claim's cost changed with the number of studies.
 """
 
 from __future__ import annotations
@@ -33,12 +36,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.scale`, here and in the workers
 
-from benchmarks.scale import pool, storages, suites, table  # noqa: E402
-from benchmarks.scale.audit import audit  # noqa: E402
-from benchmarks.scale.fake_trainer import TrialTimes  # noqa: E402
-from optbench.bench.storage import open_storage  # noqa: E402
-from optbench.bench.suite import Suite  # noqa: E402
-from optbench.errors import UserError  # noqa: E402
+from benchmarks.scale import pool, storages, suites, table
+from benchmarks.scale.audit import audit
+from benchmarks.scale.fake_trainer import TrialTimes
+from optbench.bench.storage import open_storage
+from optbench.bench.suite import Suite
+from optbench.errors import UserError
 
 KILL_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
@@ -70,6 +73,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="kill random workers (on), or run each configuration without and with kills (both)")
     p.add_argument("--kill-every", type=float, default=5.0, help="mean seconds between kills (default 5)")
     p.add_argument("--trial-ms", type=float, default=30.0, help="mean fake trial duration (default 30 ms)")
+    p.add_argument("--grace-s", type=int, default=suites.GRACE_S,
+                   help=f"seconds without a heartbeat before a trial is taken for a dead worker's (default "
+                        f"{suites.GRACE_S}; heartbeats every second)")
     p.add_argument("--real-trial-min", type=float, default=10.0,
                    help="a real trial's minutes, for the cluster extrapolation (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seeds the trial durations and the kills")
@@ -87,6 +93,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         ("--real-trial-min", args.real_trial_min)):
         if not value > 0:
             raise UserError(f"{name} {value}: must be positive")
+    if args.grace_s < 2:
+        raise UserError(f"--grace-s {args.grace_s}: must be at least 2 (heartbeats beat every second)")
     return args
 
 
@@ -101,8 +109,9 @@ def counts(flag: str, text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    plans = [(suites.shipped_subset(args.suite, n) if args.suite else suites.synthetic(args.trials, n), n)
-             for n in args.studies]  # every suite checked before the first run starts
+    # every suite built and checked before the first run starts
+    plans = [(suites.shipped_subset(args.suite, n, grace_s=args.grace_s) if args.suite
+              else suites.synthetic(args.trials, n, grace_s=args.grace_s), n) for n in args.studies]
     if "postgres" in args.storage and not args.postgres:
         raise UserError("--storage postgres needs --postgres postgresql://USER:PASSWORD@HOST/DB (or "
                         "OPTBENCH_TEST_POSTGRES)")

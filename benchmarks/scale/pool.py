@@ -101,7 +101,7 @@ def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, read
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:
     record = {"worker": worker_id, "at": time.time(), "seconds": cost.seconds, "lock_wait": cost.lock_wait,
-              "cpu": cost.cpu, "statements": cost.statements}
+              "lock_held": cost.lock_held, "cpu": cost.cpu, "statements": cost.statements}
     if not isinstance(claim, Claim):
         return {**record, "outcome": claim.value}
     return {**record, "outcome": "claim", "study": claim.study.study_name, "number": claim.trial.number,

@@ -17,11 +17,17 @@ from optbench.errors import UserError
 
 OPTIMIZERS = ("adamw", "lion", "nadam", "radam", "lamb", "adan", "sgd", "muon", "soap", "adafactor")
 """The synthetic suite's optimizers (a pair's loss depends on its optimizer's name, not its maths)."""
-SHORT_HEARTBEATS = Execution(heartbeat_s=1, grace_s=2, max_retries=3)
-"""Beat every second; a trial silent for 2 s belongs to a dead worker (the suite default is 60 s)."""
+GRACE_S = 30
+"""A trial silent this long belongs to a dead worker (suites default to 60 s). Heartbeats beat every second, but a
+live trial's must never look this old: SQLite dates them to the second, and with 32 workers on SQLite a heartbeat
+waits for the database behind the claims."""
 
 
-def synthetic(trials: int, studies: int, prune: bool = True) -> Suite:
+def short_heartbeats(grace_s: int) -> Execution:
+    return Execution(heartbeat_s=1, grace_s=grace_s, max_retries=3)
+
+
+def synthetic(trials: int, studies: int, prune: bool = True, grace_s: int = GRACE_S) -> Suite:
     """About `trials` trials over exactly `studies` studies (planned: pairs x (grid points + final seeds))."""
     if studies < 2 or studies % 2:
         raise UserError(f"--studies {studies}: a synthetic suite has a tuning and a final study per pair; valid: an "
@@ -35,9 +41,10 @@ def synthetic(trials: int, studies: int, prune: bool = True) -> Suite:
     grid = per_pair - seeds
     count = max(k for k in range(1, len(OPTIMIZERS) + 1) if pairs % k == 0)
     optimizers = [lr_grid(name, grid) for name in OPTIMIZERS[:count]]
-    suite = Suite(name=f"scale-{pairs * per_pair}x{studies}", scenarios=[Scenario(f"s{i}") for i in range(pairs // count)],
-                  optimizers=optimizers, tuning=Tuning(method="grid", trials=None, prune=prune),
-                  final=Final(seeds=list(range(seeds))), execution=dataclasses.replace(SHORT_HEARTBEATS))
+    scenarios = [Scenario(f"s{i}") for i in range(pairs // count)]
+    suite = Suite(name=f"scale-{pairs * per_pair}x{studies}", scenarios=scenarios, optimizers=optimizers,
+                  tuning=Tuning(method="grid", trials=None, prune=prune), final=Final(seeds=list(range(seeds))),
+                  execution=short_heartbeats(grace_s))
     validate(suite)
     return freeze(suite)
 
@@ -53,7 +60,7 @@ def lr_grid(name: str, points: int) -> OptimizerEntry:
     return OptimizerEntry(name, search={**search, "lr": {"log": [lr.low, lr.high], "grid": grid}})
 
 
-def shipped_subset(name: str, studies: int) -> Suite:
+def shipped_subset(name: str, studies: int, grace_s: int = GRACE_S) -> Suite:
     """The shipped suite's first `studies` / 2 pairs (scenarios in order, then optimizers), frozen."""
     suite = freeze(load_suite(name))
     pairs = suite.pairs()
@@ -66,6 +73,6 @@ def shipped_subset(name: str, studies: int) -> Suite:
     optimizers = [dataclasses.replace(e, scenarios=runs_in[e.name] if len(runs_in[e.name]) < len(scenarios) else None)
                   for e in suite.optimizers if runs_in[e.name]]
     subset = dataclasses.replace(suite, name=f"{name}-{studies}", scenarios=scenarios, optimizers=optimizers,
-                                 execution=dataclasses.replace(SHORT_HEARTBEATS))
+                                 execution=short_heartbeats(grace_s))
     validate(subset)
     return subset

@@ -2,13 +2,14 @@
 
 A worker alone claims, trains, tells, and claims again: its cycle is the trial time T plus its overheads. N
 workers could claim N times as often until the claims, which the storage serialises, fill the claim lock: past
-N ~ cycle / c (c: a claim's own work, the lock's time per claim), claims/s stays near 1 / c while each claim waits
-longer for those ahead. Whether a run got there shows in how busy the lock was: the claims' work (their time less
-their wait for the lock) over the run's wall clock.
+N ~ cycle / c (c: the time a claim holds the lock), claims/s stays near 1 / c while each claim waits longer for
+those ahead. Whether a run got there shows in how busy the lock was: the time claims held it over the run's wall
+clock (probe.py). Claims/s can stop scaling before that, when the workers run out of CPU.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -49,14 +50,10 @@ class Row:
             handed = handed[-max(1, len(handed) // 10):]
         return percentile([c[field] for c in handed], q) * 1000
 
-    def work_ms(self) -> float:
-        """A claim's own work: its latency less its wait for the lock (median, ms)."""
-        return percentile([c["seconds"] - c["lock_wait"] for c in self.handed], 50) * 1000
-
     @property
     def lock_busy(self) -> float:
-        """The share of the wall clock some claim (one handing out a trial or not) was doing its work."""
-        return sum(c["seconds"] - c["lock_wait"] for c in self.claims) / self.wall_s
+        """The share of the wall clock some claim (one handing out a trial or not) held the claim lock."""
+        return sum(c["lock_held"] for c in self.claims) / self.wall_s
 
     @property
     def statements_per_claim(self) -> float:
@@ -82,8 +79,8 @@ def row(label: str, workers: int, kills: int, studies: int, wall_s: float, claim
 
 COLUMNS = (("storage", 8), ("workers", 7), ("kills", 5), ("studies", 7), ("trials", 6), ("requeued", 8),
            ("pruned", 6), ("diverged", 8), ("wall s", 7), ("claims/s", 8), ("p50 ms", 7), ("p90 ms", 7),
-           ("p99 ms", 7), ("late p50", 8), ("wait p50", 8), ("cpu p50", 7), ("lock busy", 9), ("SQL/claim", 9),
-           ("waits", 5), ("dup", 3), ("lost", 4))
+           ("p99 ms", 7), ("late p50", 8), ("wait p50", 8), ("held p50", 8), ("cpu p50", 7), ("lock busy", 9),
+           ("SQL/claim", 9), ("waits", 5), ("dup", 3), ("lost", 4))
 HEADER = " ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}" for i, (name, width) in enumerate(COLUMNS))
 
 
@@ -92,10 +89,10 @@ def format_row(r: Row) -> str:
     cells = (r.label, r.workers, r.kills, r.studies, a.ended, a.requeued, a.pruned, a.diverged, f"{r.wall_s:.1f}",
              f"{r.claims_per_s:.2f}", f"{r.ms('seconds', 50):.1f}", f"{r.ms('seconds', 90):.1f}",
              f"{r.ms('seconds', 99):.1f}", f"{r.ms('seconds', 50, last_tenth=True):.1f}",
-             f"{r.ms('lock_wait', 50):.1f}", f"{r.ms('cpu', 50):.1f}", f"{r.lock_busy:.0%}",
-             f"{r.statements_per_claim:.1f}", r.waits, len(a.duplicates), len(a.lost))
+             f"{r.ms('lock_wait', 50):.1f}", f"{r.ms('lock_held', 50):.1f}", f"{r.ms('cpu', 50):.1f}",
+             f"{r.lock_busy:.0%}", f"{r.statements_per_claim:.1f}", r.waits, len(a.duplicates), len(a.lost))
     return " ".join(f"{cell:<{width}}" if i == 0 else f"{cell:>{width}}"
-                    for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS)))
+                    for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True)))
 
 
 def saturation(rows: list[Row], real_trial_s: float) -> list[str]:
@@ -107,17 +104,16 @@ def saturation(rows: list[Row], real_trial_s: float) -> list[str]:
         if not runs or runs[0].workers != 1:
             continue
         alone = runs[0]
-        cycle_ms, claim_ms = 1000 / alone.claims_per_s, alone.work_ms()
-        lines.append(f"{label}: one worker's cycle (claim, fake trial, tell) took {cycle_ms:.0f} ms, its claim "
-                     f"{claim_ms:.0f} ms of work: the claim lock alone would saturate near cycle / claim = "
+        cycle_ms, claim_ms = 1000 / alone.claims_per_s, alone.ms("lock_held")
+        lines.append(f"{label}: one worker's cycle (claim, fake trial, tell) took {cycle_ms:.0f} ms, and its claim "
+                     f"held the claim lock {claim_ms:.0f} ms: the lock alone would saturate near cycle / hold = "
                      f"{cycle_ms / claim_ms:.1f} workers.")
         rates, latencies, busy = ([f"{figure(r):{spec}}" for r in runs] for figure, spec in (
             (lambda r: r.claims_per_s, ".1f"), (lambda r: r.ms("seconds"), ".0f"), (lambda r: r.lock_busy, ".0%")))
         lines.append(f"  Measured at {', '.join(str(r.workers) for r in runs)} workers: {' -> '.join(rates)} claims/s, "
                      f"p50 claim latency {' -> '.join(latencies)} ms, claim lock busy {' -> '.join(busy)}.")
-        stalled = next((b for a, b in zip(runs, runs[1:])
-                        if b.claims_per_s - a.claims_per_s < SCALING_KEPT * a.claims_per_s * (b.workers / a.workers - 1)),
-                       None)
+        stalled = next((b for a, b in itertools.pairwise(runs) if b.claims_per_s - a.claims_per_s
+                        < SCALING_KEPT * a.claims_per_s * (b.workers / a.workers - 1)), None)
         if stalled is None:
             lines.append(f"  Claims/s kept scaling up to {runs[-1].workers} workers.")
         elif stalled.lock_busy >= STORAGE_BOUND:
@@ -127,24 +123,27 @@ def saturation(rows: list[Row], real_trial_s: float) -> list[str]:
             lines.append(f"  Claims/s stopped scaling at {stalled.workers} workers with the claim lock busy only "
                          f"{stalled.lock_busy:.0%} of the time: the CPU cores the workers share (with the database "
                          "server, here) were the limit before the storage.")
-        lines.append(f"  A real trial of {real_trial_s / 60:g} min with claims of {claim_ms:.0f} ms: the claim lock "
+        lines.append(f"  A real trial of {real_trial_s / 60:g} min with claims holding it {claim_ms:.0f} ms: the lock "
                      f"would saturate near {real_trial_s * 1000 / claim_ms:,.0f} workers, each spending "
                      f"{claim_ms / (real_trial_s * 1000):.3%} of its time claiming.")
     return lines
 
 
 def flatness(rows: list[Row]) -> list[str]:
-    """Per storage and worker count: how a claim's latency and statements change with the number of studies."""
+    """Per storage and worker count: how a claim's latency, CPU time, lock hold and statements change with the
+    number of studies, over all claims and over the last tenth (the claims that skip the most studies found done).
+    On a shared machine the CPU time is the steadier figure: the wall clock also counts other processes' turns."""
     lines = []
     for label, workers, kills in dict.fromkeys((r.label, r.workers, r.kills) for r in rows):
         runs = sorted((r for r in rows if (r.label, r.workers, r.kills) == (label, workers, kills)),
                       key=lambda r: r.studies)
         if len(runs) < 2:
             continue
-        first, last = runs[0], runs[-1]
-        lines.append(f"{label}, {workers} worker(s), {first.studies} -> {last.studies} studies: p50 claim latency "
-                     f"x{last.ms('seconds') / first.ms('seconds'):.2f}, p50 of the last tenth "
-                     f"x{last.ms('seconds', last_tenth=True) / first.ms('seconds', last_tenth=True):.2f}, "
-                     f"CPU per claim x{last.ms('cpu') / first.ms('cpu'):.2f}, SQL statements per claim "
-                     f"{' -> '.join(f'{r.statements_per_claim:.1f}' for r in runs)}.")
+
+        def trend(field: str, last_tenth: bool = False, runs: list[Row] = runs) -> str:
+            return " -> ".join(f"{r.ms(field, last_tenth=last_tenth):.1f}" for r in runs)
+        lines.append(f"{label}, {workers} worker(s), {' -> '.join(str(r.studies) for r in runs)} studies: claim "
+                     f"latency p50 {trend('seconds')} ms (last tenth {trend('seconds', True)}), CPU p50 "
+                     f"{trend('cpu')} ms (last tenth {trend('cpu', True)}), lock held p50 {trend('lock_held')} ms, "
+                     f"SQL statements per claim {' -> '.join(f'{r.statements_per_claim:.1f}' for r in runs)}.")
     return lines

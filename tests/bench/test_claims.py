@@ -13,8 +13,10 @@ import uuid
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from optbench.bench import plan
+from optbench.bench.claim_transaction import claim_transaction
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import Execution, OptimizerEntry, Scenario, validate
 from tests.bench.test_plan import loss, make_suite, run_to_end
@@ -148,3 +150,31 @@ def test_claimers_racing_on_one_storage_claim_every_configuration_exactly_once(t
     assert not repeated
     assert len([c for c in claimed if c[0].endswith("/tune")]) == 12  # the whole 4 x 3 grid
     assert sorted(seed for name, _, seed in claimed if name.endswith("/final")) == [0, 1]
+
+
+def test_a_claim_that_waited_for_the_lock_records_its_trials_first_heartbeat_as_it_gets_it():
+    """PostgreSQL's CURRENT_TIMESTAMP is its transaction's start, and Optuna dates heartbeats, and judges them stale,
+    by it. A claim whose transaction began before a long wait for the claim lock dated its trial's first heartbeat
+    to the start of the wait: past grace_s, the next claim failed the live trial as a dead worker's and requeued it,
+    and the worker crashed telling it (32 workers of benchmarks/bench_scale.py). (SQLite dates each statement.)"""
+    if not POSTGRES:
+        missing("set OPTBENCH_TEST_POSTGRES=postgresql://USER:PW@HOST/DB (.ci/run starts a local PostgreSQL and "
+                "sets it) to date heartbeats after a wait for the claim lock on PostgreSQL")
+    suite = make_suite("grid", seeds=(0,), heartbeat_s=1, grace_s=2)
+    suite.name = f"late-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(POSTGRES, suite.execution)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with claim_transaction(open_storage(POSTGRES, suite.execution), suite.name):
+            holding.set()
+            release.wait(timeout=30)
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    holding.wait(timeout=30)
+    threading.Timer(3.0, release.set).start()  # the first claim waits longer than grace_s
+    first = plan.claim_next(suite, storage)
+    holder.join()
+    second = plan.claim_next(suite, storage)  # at once: the first trial's worker is alive
+    assert first.study.get_trials()[first.trial.number].state == TrialState.RUNNING
+    assert second.hparams != first.hparams
