@@ -3,12 +3,13 @@ training faked, with 1, 8 and 32 local workers, on SQLite and on PostgreSQL.
 
     python benchmarks/bench_scale.py [--trials 10000] [--studies 400] [--workers 1,8,32] [--storage sqlite,postgres]
                                      [--postgres URL] [--kill [on|both]] [--kill-every 5] [--trial-ms 30]
-    python benchmarks/bench_scale.py --suite s4s-stage1 [--studies 24,96,192] [--workers 1] [--storage sqlite]
+    python benchmarks/bench_scale.py --suite s4s-stage1 [--studies 48,96,192] [--workers 1] [--storage sqlite]
 
 The synthetic suite spreads --trials over --studies (scenario x optimizer pairs, each a tuning grid over the
 learning rate, pruned by the median rule, then a final study over its best's seeds; benchmarks/scale/suites.py).
 --suite plans a shipped suite's first --studies studies end to end instead, once per count, to show whether a
-claim costs more as the studies found done pile up. Each run starts from an empty storage (a fresh SQLite file, or
+claim costs more as the studies found done pile up (s4s-stage1 has 4 scenarios x 24 optimizers = 192 studies: 48,
+96 and 192 are whole scenarios, so every count plans the same mix of optimizers). Each run starts from an empty storage (a fresh SQLite file, or
 a fresh schema in the --postgres database, dropped afterwards; default OPTBENCH_TEST_POSTGRES).
 
 A fake trial sleeps a lognormal time of mean --trial-ms and reports a synthetic loss curve (benchmarks/scale/
@@ -64,7 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", help="plan a shipped suite's first --studies studies instead of the synthetic suite")
     p.add_argument("--trials", type=int, default=10_000, help="synthetic suite: trials planned (default 10000)")
-    p.add_argument("--studies", help="studies (synthetic: one count, default 400; --suite: counts, default 24,96,192)")
+    p.add_argument("--studies", help="studies (synthetic: one count, default 400; --suite: counts, default 48,96,192)")
     p.add_argument("--workers", help="worker counts (default 1,8,32; --suite: 1)")
     p.add_argument("--storage", default="sqlite,postgres", help="sqlite, postgres or both (default both)")
     p.add_argument("--postgres", default=os.environ.get("OPTBENCH_TEST_POSTGRES"),
@@ -80,7 +81,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="a real trial's minutes, for the cluster extrapolation (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seeds the trial durations and the kills")
     args = p.parse_args(argv)
-    args.studies = counts("--studies", args.studies or ("24,96,192" if args.suite else "400"))
+    args.studies = counts("--studies", args.studies or ("48,96,192" if args.suite else "400"))
     args.workers = counts("--workers", args.workers or ("1" if args.suite else "1,8,32"))
     args.storage = args.storage.split(",")
     for kind in args.storage:
