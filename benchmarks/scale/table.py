@@ -10,6 +10,7 @@ clock (probe.py). Claims/s can stop scaling before that, when the workers run ou
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -96,37 +97,62 @@ def format_row(r: Row) -> str:
 
 
 def saturation(rows: list[Row], real_trial_s: float) -> list[str]:
-    """Per storage, from its runs without kills: where claims/s stopped scaling and whether the storage was the
-    limit there, the worker count at which the claim lock alone would saturate, and a cluster of real trials."""
+    """Per storage, from its runs without kills: where claims/s stopped scaling and why, and where a cluster of
+    real trials would saturate the claim lock."""
     lines = []
     for label in dict.fromkeys(r.label for r in rows):
         runs = sorted((r for r in rows if r.label == label and r.kills == 0), key=lambda r: r.workers)
-        if not runs or runs[0].workers != 1:
-            continue
-        alone = runs[0]
-        cycle_ms, claim_ms = 1000 / alone.claims_per_s, alone.ms("lock_held")
-        lines.append(f"{label}: one worker's cycle (claim, fake trial, tell) took {cycle_ms:.0f} ms, and its claim "
-                     f"held the claim lock {claim_ms:.0f} ms: the lock alone would saturate near cycle / hold = "
-                     f"{cycle_ms / claim_ms:.1f} workers.")
-        rates, latencies, busy = ([f"{figure(r):{spec}}" for r in runs] for figure, spec in (
-            (lambda r: r.claims_per_s, ".1f"), (lambda r: r.ms("seconds"), ".0f"), (lambda r: r.lock_busy, ".0%")))
-        lines.append(f"  Measured at {', '.join(str(r.workers) for r in runs)} workers: {' -> '.join(rates)} claims/s, "
-                     f"p50 claim latency {' -> '.join(latencies)} ms, claim lock busy {' -> '.join(busy)}.")
-        stalled = next((b for a, b in itertools.pairwise(runs) if b.claims_per_s - a.claims_per_s
-                        < SCALING_KEPT * a.claims_per_s * (b.workers / a.workers - 1)), None)
-        if stalled is None:
-            lines.append(f"  Claims/s kept scaling up to {runs[-1].workers} workers.")
-        elif stalled.lock_busy >= STORAGE_BOUND:
-            lines.append(f"  Storage-bound from {stalled.workers} workers: claims/s stopped scaling with the claim "
-                         f"lock busy {stalled.lock_busy:.0%} of the time.")
-        else:
-            lines.append(f"  Claims/s stopped scaling at {stalled.workers} workers with the claim lock busy only "
-                         f"{stalled.lock_busy:.0%} of the time: the CPU cores the workers share (with the database "
-                         "server, here) were the limit before the storage.")
-        lines.append(f"  A real trial of {real_trial_s / 60:g} min with claims holding it {claim_ms:.0f} ms: the lock "
-                     f"would saturate near {real_trial_s * 1000 / claim_ms:,.0f} workers, each spending "
-                     f"{claim_ms / (real_trial_s * 1000):.3%} of its time claiming.")
+        if runs and runs[0].workers == 1:
+            lines += [f"{label}:"] + [f"  {line}" for line in scaling(runs) + extrapolation(runs, real_trial_s)]
     return lines
+
+
+def scaling(runs: list[Row]) -> list[str]:
+    alone = runs[0]
+    cycle_ms, hold_ms = 1000 / alone.claims_per_s, alone.ms("lock_held")
+    figures = ([f"{figure(r):{spec}}" for r in runs] for figure, spec in (
+        (lambda r: r.claims_per_s, ".1f"), (lambda r: r.ms("seconds"), ".0f"), (lambda r: r.ms("lock_held"), ".0f"),
+        (lambda r: r.statements_per_claim, ".0f"), (lambda r: r.lock_busy, ".0%")))
+    rates, latencies, holds, statements, busy = (" -> ".join(f) for f in figures)
+    lines = [(f"One worker's cycle (claim, fake trial, tell) took {cycle_ms:.0f} ms and its claim held the claim lock "
+              f"{hold_ms:.0f} ms: at that hold the lock would saturate near cycle / hold = {cycle_ms / hold_ms:.1f} "
+              "workers."),
+             (f"Measured at {', '.join(str(r.workers) for r in runs)} workers: {rates} claims/s; per claim, latency "
+              f"{latencies} ms, lock held {holds} ms, {statements} SQL statements; lock busy {busy}.")]
+    stalled = next((b for a, b in itertools.pairwise(runs) if b.claims_per_s - a.claims_per_s
+                    < SCALING_KEPT * a.claims_per_s * (b.workers / a.workers - 1)), None)
+    if stalled is None:
+        lines.append(f"Claims/s kept scaling up to {runs[-1].workers} workers.")
+    elif stalled.lock_busy >= STORAGE_BOUND:
+        lines.append(f"Storage-bound from {stalled.workers} workers: claims/s stopped scaling with the claim lock "
+                     f"busy {stalled.lock_busy:.0%} of the time.")
+    else:
+        lines.append(f"Claims/s stopped scaling at {stalled.workers} workers with the claim lock busy "
+                     f"{stalled.lock_busy:.0%} of the time: the CPU cores the workers share (with the database "
+                     "server, here) ran out before the lock did.")
+    return lines
+
+
+def extrapolation(runs: list[Row], real_trial_s: float) -> list[str]:
+    """A claim loads every study that other workers' running trials keep open (neither done nor claimable yet), so
+    its statements grow with the workers: fitted as a + b x workers, at the time per statement of the lone worker's
+    claims, the lock saturates where workers x hold(workers) = the trial time."""
+    alone = runs[0]
+    per_statement_ms = alone.ms("lock_held") / alone.statements_per_claim
+    a, b = alone.statements_per_claim, 0.0
+    if len(runs) > 1:
+        fit = statistics.linear_regression([r.workers for r in runs], [r.statements_per_claim for r in runs])
+        a, b = fit.intercept, max(0.0, fit.slope)
+    trial_ms, base_ms, growth_ms = real_trial_s * 1000, a * per_statement_ms, b * per_statement_ms
+    flat = trial_ms / base_ms
+    workers = flat  # N (base + growth N) = trial, solved for N
+    if growth_ms > 0:
+        workers = (math.sqrt(base_ms ** 2 + 4 * growth_ms * trial_ms) - base_ms) / (2 * growth_ms)
+    return [(f"SQL statements per claim ~ {a:.0f} + {b:.1f} per worker (the open studies each claim loads), "
+             f"{per_statement_ms:.2f} ms each with the lock held (the lone worker's claims)."),
+            (f"A real trial of {real_trial_s / 60:g} min: the claim lock would saturate near {workers:,.0f} workers, "
+             f"each claim then holding it {(a + b * workers) * per_statement_ms:.0f} ms ({flat:,.0f} workers if "
+             "claims did not grow with the workers).")]
 
 
 def flatness(rows: list[Row]) -> list[str]:
