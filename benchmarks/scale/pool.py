@@ -109,9 +109,11 @@ def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, A
 
 
 class Supervisor:
-    """Starts the workers, starts them claiming together, and with kills on, SIGKILLs one that holds a trial at
-    exponentially distributed times (mean `kill_every_s`; a kill falls due and waits for a worker in a trial) and
-    starts another in its slot. A worker that fails on its own stops the run (RuntimeError)."""
+    """Starts the workers, starts them claiming together, and with kills on, at exponentially distributed times
+    (mean `kill_every_s`) SIGKILLs a random worker holding a trial, if one does, and starts another in its slot. A
+    kill that finds no worker in a trial is skipped, not kept for the next to claim one: at the end of a suite the
+    only trials left are killed ones, requeued `grace_s` after their last heartbeat, and a kept kill would meet each
+    as soon as it is claimed, again and again. A worker that fails on its own stops the run (RuntimeError)."""
 
     def __init__(self, job: Job, workers: int, kill_every_s: float | None, seed: int, max_kills: int | None,
                  timeout_s: float | None):
@@ -153,7 +155,8 @@ class Supervisor:
                 if deadline is not None and time.perf_counter() > deadline:
                     raise RuntimeError(f"the suite was not done after {self.timeout_s:g} s; {len(self.procs)} workers "
                                        "were still claiming")
-                if due is not None and time.perf_counter() >= due and self.kill_one():
+                if due is not None and time.perf_counter() >= due:
+                    self.kill_one()
                     more = self.max_kills is None or self.kills < self.max_kills
                     due = time.perf_counter() + self.rng.expovariate(1 / self.kill_every_s) if more else None
             return Supervision(time.perf_counter() - began, self.kills)
@@ -181,18 +184,17 @@ class Supervisor:
                     raise RuntimeError(f"worker {process.name} exited with code {process.exitcode} (its traceback "
                                        "is above)")
 
-    def kill_one(self) -> bool:
-        """SIGKILL a random worker holding a trial and start another in its slot; False if none holds one."""
+    def kill_one(self) -> None:
+        """SIGKILL a random worker holding a trial, if one does, and start another in its slot."""
         holding = [slot for slot, process in self.procs.items() if process.exitcode is None and self.training[slot]]
         if not holding:
-            return False
+            return
         slot = self.rng.choice(sorted(holding))
         os.kill(self.procs[slot].pid, signal.SIGKILL)
         self.procs[slot].join()
         self.kills += 1
         self.generation[slot] += 1
         self.start(slot, first=False)
-        return True
 
 
 def run(job: Job, workers: int, kill_every_s: float | None = None, seed: int = 0, max_kills: int | None = None,
