@@ -6,10 +6,15 @@ savepoints. Claims exclude each other in the database itself, so no lock file on
 
     SQLite       the transaction begins IMMEDIATE: it holds the database's write lock from its first statement,
                  so a second claim waits (up to the storage's busy timeout) until the first commits.
-    PostgreSQL   the transaction takes an advisory lock keyed by the suite's name, released when it commits or
-                 when a killed worker's connection drops; claims of other suites in the same database go on.
+    PostgreSQL   the claim's connection takes an advisory lock keyed by the suite's name, then begins the
+                 transaction, and releases the lock once it has committed (or when a killed worker's connection
+                 drops); claims of other suites in the same database go on.
 
-A worker killed in the middle of a claim leaves nothing of it behind: the transaction rolls back.
+Either way the transaction begins once the lock is held. Optuna dates heartbeats, and judges them stale, by the
+database's CURRENT_TIMESTAMP, which PostgreSQL fixes when a transaction begins: a transaction that began before a
+long wait for the lock dated its trial's first heartbeat to the start of the wait, and past `grace_s` the next
+claim took the live trial for a dead worker's. A worker killed in the middle of a claim leaves nothing of it
+behind: the transaction rolls back.
 """
 
 from __future__ import annotations
@@ -37,14 +42,34 @@ def claim_transaction(storage: optuna.storages.RDBStorage,
     """(view, connection): a storage whose every operation joins this transaction, and the transaction's own
     connection (for the claim index). Committed when the block ends, rolled back if it raises."""
     engine = _claim_engine(storage)
-    with engine.connect() as connection, connection.begin():
-        if engine.dialect.name == "postgresql":
-            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(suite_name))))
+    with engine.connect() as connection, _advisory_lock(connection, suite_name), connection.begin():
         view = _view(storage, connection)
         try:
             yield view, connection
         finally:
             view.scoped_session.remove()
+
+
+@contextmanager
+def _advisory_lock(connection: sa.Connection, suite_name: str) -> Iterator[None]:
+    """PostgreSQL: the suite's advisory lock, a lock of the session, held around the claim's transaction (SQLite:
+    nothing; its transaction takes the lock as it begins). A connection whose unlock fails is dropped rather than
+    pooled: the server releases its locks when it goes."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    key = _lock_key(suite_name)
+    connection.execute(sa.select(sa.func.pg_advisory_lock(key)))
+    connection.commit()  # ends the transaction that waited; the session keeps the lock
+    try:
+        yield
+    finally:
+        try:
+            connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+            connection.commit()
+        except BaseException:
+            connection.invalidate()
+            raise
 
 
 def check_dialect(url: str) -> None:

@@ -120,9 +120,9 @@ def claim_next(suite: Suite, storage, stamp: Stamp | None = None) -> Claim | Nex
 
 
 def _first(suite: Suite, view, index: Index) -> Claim | Next:
-    waiting = False
+    waiting, plans = False, Fingerprints(suite)
     for scenario, entry in suite.pairs():
-        for outcome in _outcomes(suite, view, index, scenario, entry):
+        for outcome in _outcomes(suite, view, index, plans, scenario, entry):
             if isinstance(outcome, Claim):
                 return outcome
             waiting = waiting or outcome is WAIT
@@ -138,17 +138,39 @@ def _bound(claim: Claim, storage) -> Claim:
 def fingerprint(suite: Suite, entry: OptimizerEntry, phase: str) -> str:
     """What decides a study's plan: the tuning protocol and the optimizer's entry, and for a final study the final
     seeds. A study marked done under one fingerprint is looked at again under another (claim_index.py)."""
-    decided: dict[str, Any] = {"tuning": dataclasses.asdict(suite.tuning), "optimizer": dataclasses.asdict(entry)}
+    decided: dict[str, Any] = {"tuning": suite.tuning, "optimizer": entry}
     if phase == "final":
         decided["seeds"] = sorted(suite.final.seeds)
-    return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(decided, sort_keys=True, default=_plain).encode()).hexdigest()
 
 
-def _outcomes(suite: Suite, view, index: Index, scenario: Scenario, entry: OptimizerEntry) -> Iterator[Claim | Next]:
+def _plain(value: Any) -> Any:
+    """For json.dumps: a dataclass as its fields, which it then encodes in turn (what dataclasses.asdict gives, without
+    asdict's deep copy of every value, most of a fingerprint's cost); any other value it cannot encode as its str."""
+    return vars(value) if dataclasses.is_dataclass(value) else str(value)
+
+
+class Fingerprints:
+    """The plan fingerprints of one claim, each computed once per optimizer and phase: a claim compares the mark of
+    every study it skips with its plan, and every scenario's studies of an optimizer share that plan, so a claim late
+    in a suite costs no more than an early one, however many studies it skips."""
+
+    def __init__(self, suite: Suite):
+        self.suite = suite
+        self._known: dict[tuple[str, str], str] = {}
+
+    def __call__(self, entry: OptimizerEntry, phase: str) -> str:
+        if (entry.name, phase) not in self._known:
+            self._known[entry.name, phase] = fingerprint(self.suite, entry, phase)
+        return self._known[entry.name, phase]
+
+
+def _outcomes(suite: Suite, view, index: Index, plans: Fingerprints, scenario: Scenario,
+              entry: OptimizerEntry) -> Iterator[Claim | Next]:
     """Tuning study 0, then its best configuration over the final seeds, then the repeated tuning studies
     (AlgoPerf's, `tuning.studies`), each at its own seed; studies in the claim index are skipped. Lazy: the caller
     stops at the first claim."""
-    key = fingerprint(suite, entry, "tune")
+    key = plans(entry, "tune")
     for number in range(suite.tuning.studies):
         done = index.done(study_name(suite, scenario.name, entry.name, tuning_phase(number)), key)
         if done is None:
@@ -163,12 +185,11 @@ def _outcomes(suite: Suite, view, index: Index, scenario: Scenario, entry: Optim
             yield outcome
         if number == 0 and done is not None and done.best is not None:
             # (no best: every trial diverged or failed, and there is nothing to repeat over seeds)
-            yield from _final(suite, view, index, scenario, entry, done.best)
+            yield from _final(suite, view, index, plans(entry, "final"), scenario, entry, done.best)
 
 
-def _final(suite: Suite, view, index: Index, scenario: Scenario, entry: OptimizerEntry,
+def _final(suite: Suite, view, index: Index, key: str, scenario: Scenario, entry: OptimizerEntry,
            best: dict[str, Any]) -> Iterator[Claim | Next]:
-    key = fingerprint(suite, entry, "final")
     if index.done(study_name(suite, scenario.name, entry.name, "final"), key) is not None:
         return
     final = load_study(suite, view, scenario.name, entry.name, "final")

@@ -13,10 +13,12 @@ import uuid
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from optbench.bench import plan
+from optbench.bench.claim_transaction import claim_transaction
 from optbench.bench.storage import open_storage
-from optbench.bench.suite import Execution, OptimizerEntry, validate
+from optbench.bench.suite import Execution, OptimizerEntry, Scenario, validate
 from tests.bench.test_plan import loss, make_suite, run_to_end
 from tests.required import missing
 
@@ -66,6 +68,26 @@ def test_a_study_found_done_is_never_loaded_by_a_claim_again(storage, loads):
     for _ in range(3):
         assert plan.claim_next(suite, storage) is plan.DONE
     assert loads == []  # a finished suite is one query of the index
+
+
+def test_a_claim_fingerprints_each_optimizer_once_however_many_studies_it_skips(storage, monkeypatch):
+    """A claim compares the mark of every study it skips with that study's plan. Fingerprinting the plan afresh for
+    each study made a claim late in s4s-stage1 (192 studies) cost twice an early one (benchmarks/bench_scale.py
+    --suite); every scenario's studies of an optimizer share its plan, so once per optimizer and phase will do."""
+    one_point = {"lr": {"log": [1e-4, 1e-1], "grid": [1e-2]}, "beta2": None, "weight_decay": None}
+    suite = make_suite("grid", seeds=(0,), optimizers=[OptimizerEntry("adamw", search=one_point),
+                                                       OptimizerEntry("lion", search=one_point)])
+    suite.scenarios = [Scenario(f"s{i}") for i in range(5)]
+    assert len(run_to_end(suite, storage, objective=lr_loss)) == 5 * 2 * 2  # per pair: its grid point, its seed
+    computed = []
+    real = plan.fingerprint
+
+    def counting(suite, entry, phase):
+        computed.append((entry.name, phase))
+        return real(suite, entry, phase)
+    monkeypatch.setattr(plan, "fingerprint", counting)
+    assert plan.claim_next(suite, storage) is plan.DONE  # after comparing each of the 20 studies' marks
+    assert sorted(computed) == [("adamw", "final"), ("adamw", "tune"), ("lion", "final"), ("lion", "tune")]
 
 
 def test_a_final_study_reopens_when_the_final_seeds_grow(storage):
@@ -128,3 +150,31 @@ def test_claimers_racing_on_one_storage_claim_every_configuration_exactly_once(t
     assert not repeated
     assert len([c for c in claimed if c[0].endswith("/tune")]) == 12  # the whole 4 x 3 grid
     assert sorted(seed for name, _, seed in claimed if name.endswith("/final")) == [0, 1]
+
+
+def test_a_claim_that_waited_for_the_lock_records_its_trials_first_heartbeat_as_it_gets_it():
+    """PostgreSQL's CURRENT_TIMESTAMP is its transaction's start, and Optuna dates heartbeats, and judges them stale,
+    by it. A claim whose transaction began before a long wait for the claim lock dated its trial's first heartbeat
+    to the start of the wait: past grace_s, the next claim failed the live trial as a dead worker's and requeued it,
+    and the worker crashed telling it (32 workers of benchmarks/bench_scale.py). (SQLite dates each statement.)"""
+    if not POSTGRES:
+        missing("set OPTBENCH_TEST_POSTGRES=postgresql://USER:PW@HOST/DB (.ci/run starts a local PostgreSQL and "
+                "sets it) to date heartbeats after a wait for the claim lock on PostgreSQL")
+    suite = make_suite("grid", seeds=(0,), heartbeat_s=1, grace_s=2)
+    suite.name = f"late-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(POSTGRES, suite.execution)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with claim_transaction(open_storage(POSTGRES, suite.execution), suite.name):
+            holding.set()
+            release.wait(timeout=30)
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    holding.wait(timeout=30)
+    threading.Timer(3.0, release.set).start()  # the first claim waits longer than grace_s
+    first = plan.claim_next(suite, storage)
+    holder.join()
+    second = plan.claim_next(suite, storage)  # at once: the first trial's worker is alive
+    assert first.study.get_trials()[first.trial.number].state == TrialState.RUNNING
+    assert second.hparams != first.hparams
