@@ -29,6 +29,8 @@ class Row:
     """The storage: sqlite or postgres."""
     workers: int
     kills: int
+    crashes: int
+    """Workers that failed on their own (replaced): a worker whose trial was failed under it as a dead worker's."""
     studies: int
     wall_s: float
     claims: list[dict[str, Any]]
@@ -73,12 +75,12 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def row(label: str, workers: int, kills: int, studies: int, wall_s: float, claims: list[dict[str, Any]],
+def row(label: str, workers: int, kills: int, crashes: int, studies: int, wall_s: float, claims: list[dict[str, Any]],
         audit: Audit) -> Row:
-    return Row(label, workers, kills, studies, wall_s, sorted(claims, key=lambda c: c["at"]), audit)
+    return Row(label, workers, kills, crashes, studies, wall_s, sorted(claims, key=lambda c: c["at"]), audit)
 
 
-COLUMNS = (("storage", 8), ("workers", 7), ("kills", 5), ("studies", 7), ("trials", 6), ("requeued", 8),
+COLUMNS = (("storage", 8), ("workers", 7), ("kills", 5), ("crashes", 7), ("studies", 7), ("trials", 6), ("requeued", 8),
            ("pruned", 6), ("diverged", 8), ("wall s", 7), ("claims/s", 8), ("p50 ms", 7), ("p90 ms", 7),
            ("p99 ms", 7), ("late p50", 8), ("wait p50", 8), ("held p50", 8), ("cpu p50", 7), ("lock busy", 9),
            ("SQL/claim", 9), ("waits", 5), ("dup", 3), ("lost", 4))
@@ -87,8 +89,8 @@ HEADER = " ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}" for i, (n
 
 def format_row(r: Row) -> str:
     a = r.audit
-    cells = (r.label, r.workers, r.kills, r.studies, a.ended, a.requeued, a.pruned, a.diverged, f"{r.wall_s:.1f}",
-             f"{r.claims_per_s:.2f}", f"{r.ms('seconds', 50):.1f}", f"{r.ms('seconds', 90):.1f}",
+    cells = (r.label, r.workers, r.kills, r.crashes, r.studies, a.ended, a.requeued, a.pruned, a.diverged,
+             f"{r.wall_s:.1f}", f"{r.claims_per_s:.2f}", f"{r.ms('seconds', 50):.1f}", f"{r.ms('seconds', 90):.1f}",
              f"{r.ms('seconds', 99):.1f}", f"{r.ms('seconds', 50, last_tenth=True):.1f}",
              f"{r.ms('lock_wait', 50):.1f}", f"{r.ms('lock_held', 50):.1f}", f"{r.ms('cpu', 50):.1f}",
              f"{r.lock_busy:.0%}", f"{r.statements_per_claim:.1f}", r.waits, len(a.duplicates), len(a.lost))
