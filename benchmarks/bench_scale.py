@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.scale`, here and in the workers
 
-from benchmarks.scale import pool, storages, suites, table
+from benchmarks.scale import pool, probe, storages, suites, table
 from benchmarks.scale.audit import audit
 from benchmarks.scale.fake_trainer import TrialTimes
 from optbench.bench.storage import open_storage
@@ -147,7 +147,11 @@ def one_run(suite: Suite, studies: int, kind: str, postgres: str | None, workers
         found = audit(suite, url, claims)
         for problem in found.duplicates + found.lost:
             print(f"  {problem}", file=sys.stderr)
-    return table.row(kind, workers, supervised.kills, supervised.crashes, studies, supervised.wall_s, claims, found)
+        storage = open_storage(url, suite.execution)
+        walk = probe.walk_cpu_ms(suite, storage) if not found.lost else float("nan")
+        storage.engine.dispose()
+    return table.row(kind, workers, kill_every_s is not None, supervised.kills, supervised.crashes, studies,
+                     supervised.wall_s, claims, found, walk)
 
 
 if __name__ == "__main__":
