@@ -74,8 +74,9 @@ def read_claims(folder: Path) -> list[dict[str, Any]]:
 
 
 def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, ready=None, go=None) -> None:
-    """One worker until the suite is done. `training[slot]` is 1 while it holds a trial (the supervisor aims its
-    kills with it); with `ready` and `go`, it signals once its storage is open and waits for the start."""
+    """One worker until the suite is done. `training[slot]` is 1 from its claim of a trial until it begins to tell
+    it (the supervisor aims its kills with it); with `ready` and `go`, it signals once its storage is open and waits
+    for the start."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job.url, job.suite.execution)
     trainer = FakeTrainer(job.suite, job.times, random.Random(seed))
@@ -97,9 +98,10 @@ def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, read
             if training is not None:
                 training[slot] = 1
             with heartbeat(storage, claim.trial._trial_id, job.suite.execution.heartbeat_s):
-                tell(claim, trainer.train(claim))
-            if training is not None:
-                training[slot] = 0
+                summary = trainer.train(claim)
+                if training is not None:
+                    training[slot] = 0
+                tell(claim, summary)
 
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:
@@ -196,16 +198,37 @@ class Supervisor:
             self.start(slot, first=False)
 
     def kill_one(self) -> None:
-        """SIGKILL a random worker holding a trial, if one does, and start another in its slot."""
+        """SIGKILL a random worker holding a trial, if one does, and start another in its slot. The worker is stopped
+        while its flag is read again: one that began to tell its trial meanwhile is let go, so a kill always leaves
+        a trial running for the heartbeat check to requeue."""
         holding = [slot for slot, process in self.procs.items() if process.exitcode is None and self.training[slot]]
         if not holding:
             return
         slot = self.rng.choice(sorted(holding))
-        os.kill(self.procs[slot].pid, signal.SIGKILL)
+        pid = self.procs[slot].pid
+        os.kill(pid, signal.SIGSTOP)
+        wait_stopped(pid)
+        if not self.training[slot]:
+            os.kill(pid, signal.SIGCONT)
+            return
+        os.kill(pid, signal.SIGKILL)
         self.procs[slot].join()
         self.kills += 1
         self.generation[slot] += 1
         self.start(slot, first=False)
+
+
+def wait_stopped(pid: int) -> None:
+    """Until the process is stopped, or has exited: a SIGSTOP takes effect after os.kill returns (Linux's /proc)."""
+    stat = Path(f"/proc/{pid}/stat")
+    while True:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]  # the field after the command name
+        except FileNotFoundError:
+            return
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
 
 
 def run(job: Job, workers: int, kill_every_s: float | None = None, seed: int = 0, max_kills: int | None = None,

@@ -42,7 +42,7 @@ def unpruned(trials: int, studies: int):
 def test_a_killed_workers_trial_is_requeued_and_every_planned_trial_runs_exactly_once(tmp_path, url):
     suite = unpruned(trials=40, studies=4)  # 2 pairs x (17 grid points + 3 final seeds)
     open_storage(url, suite.execution)
-    supervised = pool.run(pool.Job(suite, url, tmp_path, TrialTimes(mean_s=0.02)), workers=2, kill_every_s=0.5,
+    supervised = pool.run(pool.Job(suite, url, tmp_path, TrialTimes(mean_s=0.02)), workers=2, kill_every_s=0.1,
                           max_kills=1, timeout_s=120)  # a trial lost for good would keep the workers waiting
     claims = pool.read_claims(tmp_path)
     found = audit(suite, url, claims)
