@@ -9,22 +9,25 @@ The synthetic suite spreads --trials over --studies (scenario x optimizer pairs,
 learning rate, pruned by the median rule, then a final study over its best's seeds; benchmarks/scale/suites.py).
 --suite plans a shipped suite's first --studies studies end to end instead, once per count, to show whether a
 claim costs more as the studies found done pile up (s4s-stage1 has 4 scenarios x 24 optimizers = 192 studies: 48,
-96 and 192 are whole scenarios, so every count plans the same mix of optimizers). Each run starts from an empty storage (a fresh SQLite file, or
-a fresh schema in the --postgres database, dropped afterwards; default OPTBENCH_TEST_POSTGRES).
+96 and 192 are whole scenarios, so every count plans the same mix of optimizers). Each run starts from an empty
+storage (a fresh SQLite file, or a fresh schema in the --postgres database, dropped afterwards; default
+OPTBENCH_TEST_POSTGRES).
 
 A fake trial sleeps a lognormal time of mean --trial-ms and reports a synthetic loss curve (benchmarks/scale/
 fake_trainer.py). --kill SIGKILLs a random worker holding a trial every --kill-every seconds on average and starts
 another in its place; heartbeats beat every second, so the dead worker's trial is requeued --grace-s (30) seconds
 after its last beat.
 
-Per run, one line: trials run to an end (each configuration once), trials requeued after a kill, pruned and
-diverged ones; wall-clock seconds from the start of the claims to the last worker's exit, and claims/s; for the
-claims that handed out a trial, the latency (p50, p90, p99, and the p50 of the last tenth, which skip the most
-studies found done), the p50 of the time spent waiting for the claim lock, holding it, and on the CPU, and the SQL
-statements sent; the share of the wall clock the claim lock was held; claims that found nothing to run yet
-(waits); and the audit: duplicated and lost trials (benchmarks/scale/audit.py), both of which must be 0. Then,
-per storage, where claims/s stopped scaling and why, and where a cluster whose trials last --real-trial-min minutes
-would saturate the claim lock; with --suite, how a claim's cost changed with the number of studies.
+Per run, one line: workers killed, and workers that failed on their own (replaced as `optbench bench` replaces
+them; their tracebacks go to stderr); trials run to an end (each configuration once), trials requeued after their
+worker died, pruned and diverged ones; wall-clock seconds from the start of the claims to the last worker's exit,
+and claims/s; for the claims that handed out a trial, the latency (p50, p90, p99, and the p50 of the last tenth,
+which skip the most studies found done), the p50 of the time spent waiting for the claim lock, holding it, and on
+the CPU, and the SQL statements sent; the share of the wall clock the claim lock was held; claims that found nothing
+to run yet (waits); and the audit: duplicated and lost trials (benchmarks/scale/audit.py), both of which must be
+0. Then, per storage, where claims/s stopped scaling and why, and where a cluster whose trials last
+--real-trial-min minutes would saturate the claim lock; with --suite, how a claim's cost changed with the number of
+studies.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.scale`, here and in the workers
 
-from benchmarks.scale import pool, storages, suites, table
+from benchmarks.scale import pool, probe, storages, suites, table
 from benchmarks.scale.audit import audit
 from benchmarks.scale.fake_trainer import TrialTimes
 from optbench.bench.storage import open_storage
@@ -144,7 +147,11 @@ def one_run(suite: Suite, studies: int, kind: str, postgres: str | None, workers
         found = audit(suite, url, claims)
         for problem in found.duplicates + found.lost:
             print(f"  {problem}", file=sys.stderr)
-    return table.row(kind, workers, supervised.kills, studies, supervised.wall_s, claims, found)
+        storage = open_storage(url, suite.execution)
+        walk = probe.walk_cpu_ms(suite, storage) if not found.lost else float("nan")
+        storage.engine.dispose()
+    return table.row(kind, workers, kill_every_s is not None, supervised.kills, supervised.crashes, studies,
+                     supervised.wall_s, claims, found, walk)
 
 
 if __name__ == "__main__":

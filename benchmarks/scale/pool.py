@@ -32,6 +32,7 @@ import optuna
 
 from benchmarks.scale.fake_trainer import FakeTrainer, TrialTimes
 from benchmarks.scale.probe import Cost, StatementCounter
+from optbench.bench.launch import RESTARTS_PER_WORKER
 from optbench.bench.plan import DONE, WAIT, Claim, Next, claim_next
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import Suite, run_key
@@ -54,10 +55,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Supervision:
-    """What the supervisor did: the run's wall-clock seconds, and the workers it killed (each replaced)."""
+    """What the supervisor saw: the run's wall-clock seconds, the workers it killed and those that failed on their
+    own (each replaced)."""
 
     wall_s: float
     kills: int
+    crashes: int
 
 
 def claims_log(folder: Path, worker_id: str) -> Path:
@@ -71,8 +74,9 @@ def read_claims(folder: Path) -> list[dict[str, Any]]:
 
 
 def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, ready=None, go=None) -> None:
-    """One worker until the suite is done. `training[slot]` is 1 while it holds a trial (the supervisor aims its
-    kills with it); with `ready` and `go`, it signals once its storage is open and waits for the start."""
+    """One worker until the suite is done. `training[slot]` is 1 from its claim of a trial until it begins to tell
+    it (the supervisor aims its kills with it); with `ready` and `go`, it signals once its storage is open and waits
+    for the start."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(job.url, job.suite.execution)
     trainer = FakeTrainer(job.suite, job.times, random.Random(seed))
@@ -94,9 +98,10 @@ def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, read
             if training is not None:
                 training[slot] = 1
             with heartbeat(storage, claim.trial._trial_id, job.suite.execution.heartbeat_s):
-                tell(claim, trainer.train(claim))
-            if training is not None:
-                training[slot] = 0
+                summary = trainer.train(claim)
+                if training is not None:
+                    training[slot] = 0
+                tell(claim, summary)
 
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:
@@ -113,7 +118,9 @@ class Supervisor:
     (mean `kill_every_s`) SIGKILLs a random worker holding a trial, if one does, and starts another in its slot. A
     kill that finds no worker in a trial is skipped, not kept for the next to claim one: at the end of a suite the
     only trials left are killed ones, requeued `grace_s` after their last heartbeat, and a kept kill would meet each
-    as soon as it is claimed, again and again. A worker that fails on its own stops the run (RuntimeError)."""
+    as soon as it is claimed, again and again. A worker that fails on its own is replaced as `optbench bench` replaces
+    it (launch.py), up to RESTARTS_PER_WORKER times the workers, and counted; one that fails before the start, or
+    one too many, stops the run (RuntimeError). Its traceback is on stderr."""
 
     def __init__(self, job: Job, workers: int, kill_every_s: float | None, seed: int, max_kills: int | None,
                  timeout_s: float | None):
@@ -126,7 +133,7 @@ class Supervisor:
         self.rng = random.Random(seed)
         self.generation = [0] * workers
         self.procs: dict[int, multiprocessing.Process] = {}
-        self.kills = 0
+        self.kills = self.crashes = 0
 
     def start(self, slot: int, first: bool) -> None:
         generation = self.generation[slot]
@@ -151,7 +158,7 @@ class Supervisor:
             while self.procs:
                 timeout = min((t - time.perf_counter() for t in (due, deadline) if t is not None), default=None)
                 wait([p.sentinel for p in self.procs.values()], None if timeout is None else max(0.01, timeout))
-                self.reap()
+                self.reap(replace=True)
                 if deadline is not None and time.perf_counter() > deadline:
                     raise RuntimeError(f"the suite was not done after {self.timeout_s:g} s; {len(self.procs)} workers "
                                        "were still claiming")
@@ -159,7 +166,7 @@ class Supervisor:
                     self.kill_one()
                     more = self.max_kills is None or self.kills < self.max_kills
                     due = time.perf_counter() + self.rng.expovariate(1 / self.kill_every_s) if more else None
-            return Supervision(time.perf_counter() - began, self.kills)
+            return Supervision(time.perf_counter() - began, self.kills, self.crashes)
         finally:
             for process in self.procs.values():
                 process.kill()
@@ -172,29 +179,56 @@ class Supervisor:
             if self.ready.acquire(timeout=0.2):
                 waiting -= 1
                 continue
-            self.reap()
+            self.reap(replace=False)
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"workers did not open the storage within {READY_TIMEOUT_S} s")
 
-    def reap(self) -> None:
+    def reap(self, replace: bool) -> None:
         for slot, process in list(self.procs.items()):
-            if process.exitcode is not None:
-                del self.procs[slot]
-                if process.exitcode != 0:
-                    raise RuntimeError(f"worker {process.name} exited with code {process.exitcode} (its traceback "
-                                       "is above)")
+            if process.exitcode is None:
+                continue
+            del self.procs[slot]
+            if process.exitcode == 0:
+                continue
+            self.crashes += 1
+            if not replace or self.crashes > RESTARTS_PER_WORKER * len(self.generation):
+                raise RuntimeError(f"worker {process.name} exited with code {process.exitcode} (its traceback is "
+                                   f"above); {self.crashes} worker(s) failed in this run")
+            self.generation[slot] += 1
+            self.start(slot, first=False)
 
     def kill_one(self) -> None:
-        """SIGKILL a random worker holding a trial, if one does, and start another in its slot."""
+        """SIGKILL a random worker holding a trial, if one does, and start another in its slot. The worker is stopped
+        while its flag is read again: one that began to tell its trial meanwhile is let go, so a kill always leaves
+        a trial running for the heartbeat check to requeue."""
         holding = [slot for slot, process in self.procs.items() if process.exitcode is None and self.training[slot]]
         if not holding:
             return
         slot = self.rng.choice(sorted(holding))
-        os.kill(self.procs[slot].pid, signal.SIGKILL)
+        pid = self.procs[slot].pid
+        os.kill(pid, signal.SIGSTOP)
+        wait_stopped(pid)
+        if not self.training[slot]:
+            os.kill(pid, signal.SIGCONT)
+            return
+        os.kill(pid, signal.SIGKILL)
         self.procs[slot].join()
         self.kills += 1
         self.generation[slot] += 1
         self.start(slot, first=False)
+
+
+def wait_stopped(pid: int) -> None:
+    """Until the process is stopped, or has exited: a SIGSTOP takes effect after os.kill returns (Linux's /proc)."""
+    stat = Path(f"/proc/{pid}/stat")
+    while True:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]  # the field after the command name
+        except FileNotFoundError:
+            return
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
 
 
 def run(job: Job, workers: int, kill_every_s: float | None = None, seed: int = 0, max_kills: int | None = None,

@@ -15,6 +15,7 @@ after) runs beside other claims.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -92,3 +93,17 @@ class StatementCounter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def walk_cpu_ms(suite, storage, repeats: int = 5) -> float:
+    """The CPU time of a claim in a finished suite (median of `repeats`, ms): one that reads the claim index and walks
+    every study found done, loading none, the only part of a claim that grows with the number of studies."""
+    from optbench.bench import plan
+
+    spent = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        if plan.claim_next(suite, storage) is not plan.DONE:
+            raise ValueError(f"suite {suite.name} is not done: a walk over its studies would claim")
+        spent.append(time.thread_time() - start)
+    return statistics.median(spent) * 1000

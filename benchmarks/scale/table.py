@@ -28,12 +28,18 @@ class Row:
     label: str
     """The storage: sqlite or postgres."""
     workers: int
+    killing: bool
+    """Whether the supervisor killed workers in this run (how many it found to kill: `kills`)."""
     kills: int
+    crashes: int
+    """Workers that failed on their own (replaced): a worker whose trial was failed under it as a dead worker's."""
     studies: int
     wall_s: float
     claims: list[dict[str, Any]]
     """Every logged claim (pool.claim_record), in the order they returned."""
     audit: Audit
+    walk_cpu_ms: float
+    """The CPU time of a claim in the finished suite (probe.walk_cpu_ms): the walk over every study found done."""
 
     @property
     def handed(self) -> list[dict[str, Any]]:
@@ -73,12 +79,13 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def row(label: str, workers: int, kills: int, studies: int, wall_s: float, claims: list[dict[str, Any]],
-        audit: Audit) -> Row:
-    return Row(label, workers, kills, studies, wall_s, sorted(claims, key=lambda c: c["at"]), audit)
+def row(label: str, workers: int, killing: bool, kills: int, crashes: int, studies: int, wall_s: float,
+        claims: list[dict[str, Any]], audit: Audit, walk_cpu_ms: float) -> Row:
+    return Row(label, workers, killing, kills, crashes, studies, wall_s, sorted(claims, key=lambda c: c["at"]), audit,
+               walk_cpu_ms)
 
 
-COLUMNS = (("storage", 8), ("workers", 7), ("kills", 5), ("studies", 7), ("trials", 6), ("requeued", 8),
+COLUMNS = (("storage", 8), ("workers", 7), ("kills", 5), ("crashes", 7), ("studies", 7), ("trials", 6), ("requeued", 8),
            ("pruned", 6), ("diverged", 8), ("wall s", 7), ("claims/s", 8), ("p50 ms", 7), ("p90 ms", 7),
            ("p99 ms", 7), ("late p50", 8), ("wait p50", 8), ("held p50", 8), ("cpu p50", 7), ("lock busy", 9),
            ("SQL/claim", 9), ("waits", 5), ("dup", 3), ("lost", 4))
@@ -87,8 +94,8 @@ HEADER = " ".join(f"{name:<{width}}" if i == 0 else f"{name:>{width}}" for i, (n
 
 def format_row(r: Row) -> str:
     a = r.audit
-    cells = (r.label, r.workers, r.kills, r.studies, a.ended, a.requeued, a.pruned, a.diverged, f"{r.wall_s:.1f}",
-             f"{r.claims_per_s:.2f}", f"{r.ms('seconds', 50):.1f}", f"{r.ms('seconds', 90):.1f}",
+    cells = (r.label, r.workers, r.kills, r.crashes, r.studies, a.ended, a.requeued, a.pruned, a.diverged,
+             f"{r.wall_s:.1f}", f"{r.claims_per_s:.2f}", f"{r.ms('seconds', 50):.1f}", f"{r.ms('seconds', 90):.1f}",
              f"{r.ms('seconds', 99):.1f}", f"{r.ms('seconds', 50, last_tenth=True):.1f}",
              f"{r.ms('lock_wait', 50):.1f}", f"{r.ms('lock_held', 50):.1f}", f"{r.ms('cpu', 50):.1f}",
              f"{r.lock_busy:.0%}", f"{r.statements_per_claim:.1f}", r.waits, len(a.duplicates), len(a.lost))
@@ -101,7 +108,7 @@ def saturation(rows: list[Row], real_trial_s: float) -> list[str]:
     real trials would saturate the claim lock."""
     lines = []
     for label in dict.fromkeys(r.label for r in rows):
-        runs = sorted((r for r in rows if r.label == label and r.kills == 0), key=lambda r: r.workers)
+        runs = sorted((r for r in rows if r.label == label and not r.killing), key=lambda r: r.workers)
         if runs and runs[0].workers == 1:
             lines += [f"{label}:"] + [f"  {line}" for line in scaling(runs) + extrapolation(runs, real_trial_s)]
     return lines
@@ -160,16 +167,19 @@ def flatness(rows: list[Row]) -> list[str]:
     number of studies, over all claims and over the last tenth (the claims that skip the most studies found done).
     On a shared machine the CPU time is the steadier figure: the wall clock also counts other processes' turns."""
     lines = []
-    for label, workers, kills in dict.fromkeys((r.label, r.workers, r.kills) for r in rows):
-        runs = sorted((r for r in rows if (r.label, r.workers, r.kills) == (label, workers, kills)),
+    for label, workers, killing in dict.fromkeys((r.label, r.workers, r.killing) for r in rows):
+        runs = sorted((r for r in rows if (r.label, r.workers, r.killing) == (label, workers, killing)),
                       key=lambda r: r.studies)
         if len(runs) < 2:
             continue
 
         def trend(field: str, last_tenth: bool = False, runs: list[Row] = runs) -> str:
             return " -> ".join(f"{r.ms(field, last_tenth=last_tenth):.1f}" for r in runs)
-        lines.append(f"{label}, {workers} worker(s), {' -> '.join(str(r.studies) for r in runs)} studies: claim "
-                     f"latency p50 {trend('seconds')} ms (last tenth {trend('seconds', True)}), CPU p50 "
-                     f"{trend('cpu')} ms (last tenth {trend('cpu', True)}), lock held p50 {trend('lock_held')} ms, "
-                     f"SQL statements per claim {' -> '.join(f'{r.statements_per_claim:.1f}' for r in runs)}.")
+        lines.append(f"{label}, {workers} worker(s){', kills' if killing else ''}, "
+                     f"{' -> '.join(str(r.studies) for r in runs)} studies: claim latency p50 {trend('seconds')} ms "
+                     f"(last tenth {trend('seconds', True)}), CPU p50 {trend('cpu')} ms (last tenth "
+                     f"{trend('cpu', True)}), lock held p50 {trend('lock_held')} ms, SQL statements per claim "
+                     f"{' -> '.join(f'{r.statements_per_claim:.1f}' for r in runs)}; a claim in the finished suite "
+                     f"(walking every study, loading none): CPU {' -> '.join(f'{r.walk_cpu_ms:.2f}' for r in runs)} "
+                     "ms.")
     return lines

@@ -1,6 +1,8 @@
-"""Claiming in the study storage: a study found done is never loaded by a claim again, a final study reopens when
-final.seeds grows, a claim that fails leaves nothing behind, and claimers racing on one storage (SQLite, and
-PostgreSQL where one is given) each get a different configuration, every one exactly once."""
+"""Claiming in the study storage: a study found done is never loaded by a claim again, a claim fingerprints each
+optimizer's plan once however many studies it skips, a final study reopens when final.seeds grows, a claim that
+fails leaves nothing behind, claimers racing on one storage (SQLite, and PostgreSQL where one is given) each get a
+different configuration, every one exactly once, and a claim that waited for the lock on PostgreSQL dates its
+trial's first heartbeat when it got the lock."""
 
 from __future__ import annotations
 
