@@ -2,7 +2,8 @@
 
 A synthetic suite spreads N trials over S studies: S/2 scenario x optimizer pairs, each a tuning study (a grid
 over the learning rate, pruned by the median rule) and a final study (its best over a few seeds). A shipped
-suite's subset keeps its first pairs in the suite's own order, so a claim walks over as many studies as there.
+suite's subset keeps its first pairs in the suite's own order, so a claim walks over as many studies as there;
+past the suite's size its scenarios are repeated under new names.
 Either way heartbeats are short, so a killed worker's trial is requeued within seconds.
 """
 
@@ -61,12 +62,14 @@ def lr_grid(name: str, points: int) -> OptimizerEntry:
 
 
 def shipped_subset(name: str, studies: int, grace_s: int = GRACE_S) -> Suite:
-    """The shipped suite's first `studies` / 2 pairs (scenarios in order, then optimizers), frozen."""
-    suite = freeze(load_suite(name))
+    """The shipped suite's first `studies` / 2 pairs (scenarios in order, then optimizers), frozen. Past the suite's
+    own size its scenarios are repeated under new names (`llama-60m~2`, ...): a suite of the same shape, larger, for
+    the claim's cost at more studies than the suite has (a claim's work depends on a study's plan, not its model)."""
+    suite = repeated(freeze(load_suite(name)), studies)
     pairs = suite.pairs()
     if studies < 2 or studies % 2 or studies > 2 * len(pairs):
-        raise UserError(f"--studies {studies}: suite {name} has {len(pairs)} pairs ({2 * len(pairs)} studies); "
-                        f"valid: even numbers from 2 to {2 * len(pairs)}")
+        raise UserError(f"--studies {studies}: suite {name} repeated {MAX_REPEATS} times has {len(pairs)} pairs "
+                        f"({2 * len(pairs)} studies); valid: even numbers from 2 to {2 * len(pairs)}")
     kept = pairs[:studies // 2]
     runs_in = {entry.name: [s.name for s, e in kept if e.name == entry.name] for entry in suite.optimizers}
     scenarios = [s for s in suite.scenarios if any(s is kept_s for kept_s, _ in kept)]
@@ -76,3 +79,23 @@ def shipped_subset(name: str, studies: int, grace_s: int = GRACE_S) -> Suite:
                                  execution=short_heartbeats(grace_s))
     validate(subset)
     return subset
+
+
+MAX_REPEATS = 8
+"""How many copies of a shipped suite's scenarios --suite may plan (s4s-stage1: up to 1,536 studies)."""
+
+
+def repeated(suite: Suite, studies: int) -> Suite:
+    """`suite` with its scenarios repeated (copy k named `NAME~k`, its ladder too) until it has `studies` studies, at
+    most MAX_REPEATS times over; the suite itself where it has enough. An optimizer limited to some scenarios runs in
+    their copies as well."""
+    copies = min(MAX_REPEATS, max(1, -(-studies // (2 * len(suite.pairs())))))
+    if copies == 1:
+        return suite
+    named = lambda base, k: base if k == 1 or base is None else f"{base}~{k}"  # noqa: E731
+    scenarios = [dataclasses.replace(s, name=named(s.name, k), ladder=named(s.ladder, k))
+                 for k in range(1, copies + 1) for s in suite.scenarios]
+    optimizers = [e if e.scenarios is None else
+                  dataclasses.replace(e, scenarios=[named(n, k) for k in range(1, copies + 1) for n in e.scenarios])
+                  for e in suite.optimizers]
+    return dataclasses.replace(suite, scenarios=scenarios, optimizers=optimizers)

@@ -19,6 +19,7 @@ from benchmarks.scale.probe import StatementCounter
 from optbench.bench import plan
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import run_key
+from optbench.errors import UserError
 from optbench.bench.worker import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -141,3 +142,16 @@ def test_a_claims_statements_do_not_grow_with_the_studies_already_done(tmp_path)
     pair = few[3:6]
     assert all(many[k:k + 3] == pair for k in range(3, 18, 3))
     assert few[-1] == many[-1]
+
+
+def test_a_shipped_suite_past_its_size_repeats_its_scenarios_under_new_names():
+    whole = suites.shipped_subset("s4s-stage1", 192)
+    twice = suites.shipped_subset("s4s-stage1", 384)
+    names = [s.name for s in whole.scenarios]
+    assert len(whole.pairs()) == 96 and len(twice.pairs()) == 192
+    assert [s.name for s in twice.scenarios] == names + [f"{n}~2" for n in names]
+    assert len({plan.study_name(twice, s.name, e.name, "tune") for s, e in twice.pairs()}) == 192
+    first, copy = twice.scenarios[0], twice.scenarios[len(names)]
+    assert copy.overrides == first.overrides and copy.ladder == (None if first.ladder is None else f"{first.ladder}~2")
+    with pytest.raises(UserError, match="--studies 3074: suite s4s-stage1 repeated 8 times has 768 pairs"):
+        suites.shipped_subset("s4s-stage1", 3074)
