@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from optbench.training import sharded_checkpoint, sharded_state
+from optbench.training import sharded_checkpoint
 from optbench.training.integrity import CorruptCheckpoint, file_sha256
 from optbench.training.sharded_checkpoint import Sharded
 from optbench.training.rundir import write_atomic
@@ -173,5 +173,9 @@ def read(path: Path, map_location: str | torch.device = "cpu", whole: bool = Tru
     """A verified checkpoint, file or sharded folder, as `CheckpointStore.latest` returns it."""
     if path.is_dir():
         opened = sharded_checkpoint.open_checkpoint(path)
-        return sharded_state.whole_payload(opened, map_location) if whole else opened
+        if not whole:
+            return opened
+        from optbench.training import sharded_state  # DTensor's import (~1 s): only for a sharded checkpoint
+
+        return sharded_state.whole_payload(opened, map_location)
     return load(path, map_location)

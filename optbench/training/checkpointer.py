@@ -6,6 +6,9 @@
                         sharded folder each rank writes its shards of (sharded_state.py)
     extra               the run's wall-clock seconds so far, the telemetry's counts, and where present the
                         weight average and the eval-mode weights of a train/eval-mode optimizer (for sampling)
+
+sharded_state.py is imported where a sharded checkpoint is saved or read: it imports DTensor and DCP (~1 s of every
+process's start), which one-process and DDP runs never use.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from optbench.training import distributed, sharded_state
+from optbench.training import distributed
 from optbench.training.averaging import WeightAverage
 from optbench.training.checkpoint import CheckpointStore
 from optbench.training.optimizer_hooks import OptimizerHooks
@@ -47,6 +50,8 @@ class Checkpointer:
         payload = {"step": step, "tokens": tokens, "rng": distributed.gather_objects(self.world, rng_state()),
                    "extra": extra}
         if self.sharded:
+            from optbench.training import sharded_state
+
             self.store.save_sharded(step, *sharded_state.contents(self.model, self.optimizer, payload))
         elif self.world.is_main:
             self.store.save(step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -56,6 +61,8 @@ class Checkpointer:
     def restore(self, state: dict[str, Any] | Sharded) -> tuple[int, float]:
         """Put a checkpoint's state back in place; returns its step and the run's wall-clock seconds until then."""
         if isinstance(state, Sharded):
+            from optbench.training import sharded_state
+
             sharded_state.load_in_place(state, self.model, self.optimizer)
             state = state.run_state
         else:

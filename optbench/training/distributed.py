@@ -14,17 +14,20 @@ import contextlib
 import datetime
 import inspect
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from optbench import optim
+from optbench.config.schema import OptimConfig
 from optbench.errors import UserError
+from optbench.optim.routing import Routed
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ def replicate(model: torch.nn.Module, world: World, parallel: str = "ddp") -> to
     if not world.distributed:
         return model
     if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard  # FSDP2 and DTensor (~1 s to import): for FSDP runs only
+
         for block in model.blocks():
             fully_shard(block)
         fully_shard(model)
@@ -93,21 +98,40 @@ def gradient_sync(replica: torch.nn.Module, enabled: bool) -> Iterator[None]:
     if isinstance(replica, DistributedDataParallel) and not enabled:
         with replica.no_sync():
             yield
-    elif isinstance(replica, FSDPModule):
+    elif is_fsdp(replica):
         replica.set_requires_gradient_sync(enabled)
         yield
     else:
         yield
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether `model` was sharded by FSDP2, without importing FSDP: where nothing imported it, nothing was."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module, replica: nn.Module,
+                    plan: list[Routed]) -> torch.optim.Optimizer:
+    """The run's optimizer: `optim.build`, or under FSDP2 that optimizer stepping the shards, and whole tensors on
+    their owner ranks (fsdp_optimizer.py)."""
+    if not is_fsdp(replica):
+        return optim.build(cfg, model, plan)
+    from optbench.training import fsdp_optimizer
+
+    return fsdp_optimizer.build(cfg, model, plan)
+
+
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
                     optimizer_state: dict) -> None:
     """Load one process's state dicts (a single-file checkpoint's), which every rank holds whole; under FSDP2 each
     rank keeps its part (the optimizer is then an FSDPOptimizer, see fsdp_optimizer.py)."""
-    if not isinstance(model, FSDPModule):
+    if not is_fsdp(model):
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
     optimizer.load_full_state_dict(optimizer_state)  # after the weights: owners re-read their working copies
 

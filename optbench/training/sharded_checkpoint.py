@@ -13,6 +13,9 @@ world size reads them, is sharded_state.py's part; this module knows folders, di
 
 DCP stores values other than tensors pickled and unpickles them with any class allowed; here they are read as
 `torch.load(weights_only=True)` reads a single-file checkpoint: tensors and plain Python values only.
+
+DCP is imported inside the functions that use it: it imports DTensor and the torch compiler (~1 s), which every
+process that never touches a sharded checkpoint (one-process runs, DDP, bench workers, the CLI) would pay at start.
 """
 
 from __future__ import annotations
@@ -30,11 +33,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
 from optbench.training.integrity import CorruptCheckpoint, file_sha256
 from optbench.training.rundir import write_atomic
@@ -70,13 +68,15 @@ def save(path: Path, step: int, tensors: dict[str, Any], run_state: dict[str, An
     """Write the sharded checkpoint `path`. Every rank calls it with its own `tensors` (nested dicts of DTensors,
     which DCP writes shard by shard, of plain tensors, written once, and of plain values) and `run_state`, of which
     rank 0's is written."""
+    import torch.distributed.checkpoint as dcp
+
     rank, size = this_rank(), _world_size()
     partial = path.with_name(f".{path.name}.partial")
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)  # a save of this step that was killed before
     _barrier()
     with _alone_is_meant():
-        dcp.save(tensors, storage_writer=FileSystemWriter(partial), no_dist=not dist.is_initialized())
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(partial), no_dist=not dist.is_initialized())
     _barrier()  # every rank's files are complete
     # DCP names each rank's files __RANK_*; each rank hashes its own (the bytes are still in its page cache)
     digests = _gathered({p.name: file_sha256(p) for p in partial.glob(f"__{rank}_*")})
@@ -157,32 +157,43 @@ def open_checkpoint(path: Path) -> Sharded:
 
 def index(path: Path) -> dict[str, tuple[KeyPath, Any]]:
     """DCP key -> (where it sits in the saved nested dict, its storage metadata: shape and dtype, or bytes)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
     metadata = FileSystemReader(path).read_metadata()
     paths = metadata.planner_data or {}
     return {key: (tuple(paths.get(key, (key,))), entry) for key, entry in metadata.state_dict_metadata.items()}
 
 
 def is_tensor(entry: Any) -> bool:
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
     return not isinstance(entry, BytesStorageMetadata)
 
 
-class _PlainValuesPlanner(DefaultLoadPlanner):
+def _plain_values_planner():
     """DCP's planner, over a flat dict of DCP keys, reading non-tensor values as `weights_only=True` does."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    def __init__(self) -> None:
-        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+    class PlainValuesPlanner(DefaultLoadPlanner):
+        def __init__(self) -> None:
+            super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
 
-    def load_bytes(self, read_item, value) -> None:
-        self.state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
+        def load_bytes(self, read_item, value) -> None:
+            self.state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
+
+    return PlainValuesPlanner()
 
 
 def read(path: Path, destinations: dict[str, Any], collective: bool) -> None:
     """Fill `destinations` (DCP key -> a tensor to read into, or None for a plain value) from `path`. `collective`:
     every rank of the process group reads at once, each its own keys and shards (a DTensor reads its rows only);
     otherwise this process reads alone."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         with _alone_is_meant():
-            dcp.load(destinations, storage_reader=FileSystemReader(path), planner=_PlainValuesPlanner(),
+            dcp.load(destinations, storage_reader=dcp.FileSystemReader(path), planner=_plain_values_planner(),
                      no_dist=not collective)
     except CheckpointException as err:  # DCP gathers each rank's failure into one
         if any(isinstance(exc, pickle.UnpicklingError) for exc, _ in err.failures.values()):

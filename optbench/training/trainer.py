@@ -29,7 +29,7 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, device as hw, diagnostics, distributed, fsdp_optimizer, resume
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, resume
 from optbench.training.averaging import WeightAverage
 from optbench.training.checkpointer import Checkpointer
 from optbench.training.evaluation import validation_metrics
@@ -72,6 +72,8 @@ def check_parallel(cfg: Config, world_size: int) -> None:
     checked by a bench before its trials run on several ranks, bench/multirank.py)."""
     if not (world_size > 1 and cfg.train.parallel == "fsdp"):
         return
+    from optbench.training import fsdp_optimizer  # FSDP2 and DTensor (~1 s to import): for FSDP runs only
+
     fsdp_optimizer.check(cfg)
     if cfg.train.weight_avg != "none":
         raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
@@ -134,7 +136,7 @@ class Trainer:
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.plan = optim.plan(cfg.optim, self.model)  # one plan: the optimizer and routing.json
-        self.optimizer = fsdp_optimizer.build(cfg.optim, self.model, self.plan)  # optim.build, or its FSDP2 form
+        self.optimizer = distributed.build_optimizer(cfg.optim, self.model, self.replica, self.plan)
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own base lr
         self.hooks = OptimizerHooks(self.optimizer, optim.get(cfg.optim.name).capabilities)
