@@ -10,9 +10,9 @@ learning rate, pruned by the median rule, then a final study over its best's see
 --suite plans a shipped suite's first --studies studies end to end instead, once per count, to show whether a
 claim costs more as the studies found done pile up (s4s-stage1 has 4 scenarios x 24 optimizers = 192 studies: 48,
 96 and 192 are whole scenarios, so every count plans the same mix of optimizers; a count past the suite's size
-repeats its scenarios under new names, `llama-60m~2` and so on, up to 8 times: 384 is the suite twice over). Each run starts from an empty
-storage (a fresh SQLite file, or a fresh schema in the --postgres database, dropped afterwards; default
-OPTBENCH_TEST_POSTGRES).
+repeats its scenarios under new names, `llama-60m~2` and so on, up to 8 times: 384 is the suite twice over). Each
+run starts from an empty storage (a fresh SQLite file, or a fresh schema in the --postgres database, dropped
+afterwards; default OPTBENCH_TEST_POSTGRES).
 
 A fake trial sleeps a lognormal time of mean --trial-ms and reports a synthetic loss curve (benchmarks/scale/
 fake_trainer.py). --kill SIGKILLs a random worker holding a trial every --kill-every seconds on average and starts

@@ -86,7 +86,8 @@ def _view(storage: optuna.storages.RDBStorage, connection: sa.Connection) -> opt
     transaction. A shallow copy by hand: RDBStorage's own copy protocol (its pickling) opens a new engine."""
     view = object.__new__(type(storage))
     view.__dict__.update(storage.__dict__)
-    view.scoped_session = orm.scoped_session(orm.sessionmaker(bind=connection, join_transaction_mode="create_savepoint"))
+    sessions = orm.sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+    view.scoped_session = orm.scoped_session(sessions)
     return view
 
 

@@ -221,7 +221,8 @@ def _one_line(err: BaseException) -> str:
     if isinstance(cause, ValidationError) and full_key:
         return f"invalid value for {full_key}: {text}"
     if full_key and re.search(r"Key '[^']+' (?:is )?not in", text):
-        return f"unknown key '{full_key}'; valid: {', '.join(closest(full_key, _valid_keys(full_key, getattr(cause, 'object_type', None))))}"
+        valid = closest(full_key, _valid_keys(full_key, getattr(cause, "object_type", None)))
+        return f"unknown key '{full_key}'; valid: {', '.join(valid)}"
     if "Error parsing override" in str(err):
         return f"{str(err).splitlines()[0]}: expected group=choice or key=value"
     return str(err).splitlines()[0]
