@@ -117,7 +117,7 @@ def test_a_plugin_from_the_environment_trains_and_its_first_update_is_the_closed
     for key, p in model.named_parameters():
         decay = 0.1 if p.dim() >= 2 else 0.0
         expected = p.detach() * (1 - 0.05 * decay) - 0.05 * p.grad
-        torch.testing.assert_close(trained[key], expected, rtol=1e-5, atol=1e-7, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(trained[key], expected, rtol=1e-5, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
         assert not torch.equal(trained[key], p.detach()), f"{key} did not move"
 
 
@@ -219,7 +219,7 @@ def test_missing_files_and_modules_are_one_line(cli):
 
 
 def test_entry_points_name_modules(tmp_path, monkeypatch):
-    plugin, name = heavy_ball(tmp_path, file="hb_entry_point.py")
+    _, name = heavy_ball(tmp_path, file="hb_entry_point.py")
     monkeypatch.syspath_prepend(str(tmp_path))
     def installed(*values: str):
         points = [EntryPoint(name="hb", value=value, group=plugins.ENTRY_POINT_GROUP) for value in values]
@@ -251,7 +251,7 @@ def plugin_suite(tmp_path: Path, corpus: Path, name: str) -> Path:
 def test_a_suite_loads_its_plugins_and_workers_load_them_from_the_suite_as_run(tmp_path, corpus):
     plugin, name = heavy_ball(tmp_path / "suites")
     fresh = [dict(OPTIMIZERS), dict(MODELS), dict(plugins._LOADED)]
-    suite, out, url = launch.prepare(plugin_suite(tmp_path, corpus, name), tmp_path / "out", None)
+    _, out, url = launch.prepare(plugin_suite(tmp_path, corpus, name), tmp_path / "out", None)
     as_run = yaml.safe_load(layout.suite_file(out).read_text())
     assert str(plugin) in as_run["plugins"] and len(as_run["plugin_hashes"][str(plugin)]) == 64
 
