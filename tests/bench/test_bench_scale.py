@@ -131,7 +131,7 @@ def claim_statements(suite, url) -> list[int]:
                 return counts
             loss = synthetic_loss(suite, claim)
             summary = {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss}
-        tell(storage, claim, summary, suite.name)
+            tell(storage, claim, summary, suite.name)
 
 
 def test_a_claims_statements_do_not_grow_with_the_studies_already_done(tmp_path):
