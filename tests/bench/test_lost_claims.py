@@ -23,7 +23,7 @@ from optbench.bench import launch, plan, worker
 from optbench.bench.claim_transaction import claim_transaction
 from optbench.bench.heartbeat import Heartbeat
 from optbench.bench.storage import open_storage
-from optbench.training.trainer import Trainer
+from optbench.training.trainer import StopTraining, Trainer
 from tests.bench.test_bench_run import micro_suite
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,3 +187,16 @@ def test_the_heartbeat_finds_its_claim_lost_and_stops_beating():
         time.sleep(0.05)  # beats that would follow
     assert beat.lost is not None and beat.lost.when == datetime(2030, 1, 2, 3, 4, 5)
     assert storage.beats == 3
+
+
+def test_a_report_to_a_trial_failed_since_the_last_beat_stops_the_run_as_lost():
+    """The pruner's report is the first write to a lost trial when no beat has looked yet: the run stops, as lost."""
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # as another worker's claim fails a stale trial
+    claim = SimpleNamespace(trial=trial, study=study)
+    cfg = SimpleNamespace(train=SimpleNamespace(steps=10), eval=SimpleNamespace(every=2))
+    observer = worker.PruningObserver(claim, SimpleNamespace(tuning=SimpleNamespace(prune_warmup_evals=0)), cfg)
+    with pytest.raises(StopTraining) as stop:
+        observer.log({"step": 2, "val_loss": 3.0})
+    assert (stop.value.status, stop.value.write) == ("lost", False)
