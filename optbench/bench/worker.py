@@ -128,7 +128,7 @@ def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: 
                f"run.ckpt_every={suite.execution.ckpt_every}"]
     discard_dead_attempt(run)
     reused = finished(run)  # a final seed equal to the tuning seed: the trainer returns that run's summary
-    attrs = {}
+    attrs: dict[str, Any] = {}  # set on the trial with its result
     try:
         if suite.execution.nproc_per_trial > 1:
             summary = train_on_ranks(suite, run, claim, overrides, control, threads, clock, reused, beat)
