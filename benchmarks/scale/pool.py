@@ -32,11 +32,13 @@ import optuna
 
 from benchmarks.scale.fake_trainer import FakeTrainer, TrialTimes
 from benchmarks.scale.probe import Cost, StatementCounter
+from optbench.bench.heartbeat import Heartbeat
 from optbench.bench.launch import RESTARTS_PER_WORKER
 from optbench.bench.plan import DONE, WAIT, Claim, Next, claim_next
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import Suite, run_key
-from optbench.bench.worker import POLL_S, heartbeat, stamp, tell
+from optbench.bench.tell import tell
+from optbench.bench.worker import POLL_S, stamp
 
 READY_TIMEOUT_S = 600
 """How long the workers may take to open the storage before the run is given up (32 forks on 2 cores)."""
@@ -97,11 +99,12 @@ def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, read
                 continue
             if training is not None:
                 training[slot] = 1
-            with heartbeat(storage, claim.trial._trial_id, job.suite.execution.heartbeat_s):
+            with Heartbeat(storage, claim, job.suite.execution.heartbeat_s):
                 summary = trainer.train(claim)
                 if training is not None:
                     training[slot] = 0
-                tell(claim, summary)
+                if summary["status"] != "lost":  # the pruner found the trial failed as stale: no result to tell
+                    tell(storage, claim, summary, job.suite.name)
 
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:

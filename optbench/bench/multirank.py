@@ -13,6 +13,9 @@ single-process trial hold:
 
 - SIGTERM or SIGINT to the worker reaches torchrun as SIGTERM, which passes it to every rank: the run finishes its step,
   checkpoints and ends "interrupted", and the worker puts the trial back in the queue and stops.
+- A worker whose claim on the trial was lost (failed as stale by another worker; heartbeat.py) sends torchrun SIGHUP,
+  which it passes to every rank. The trainer handles SIGTERM and SIGINT only, so a rank ends at once, mid-step,
+  without a checkpoint or summary: the run directory is the requeued copy's now (see worker.py).
 - A worker killed outright leaves no ranks behind: torchrun runs in a session of its own (a signal to the worker's
   process group is not its), tied to the worker by tether.py, so the worker's death is a SIGTERM to torchrun, which
   stops the ranks as above (SIGKILL after its 30 s). The trial's heartbeat goes stale, and it is requeued into the
@@ -75,12 +78,13 @@ def rank_threads(threads: int | None, nproc: int) -> int:
     return max(1, (threads or os.cpu_count() or 1) // nproc)
 
 
-def train(suite: Suite, run: Path, overrides: list[str], threads: int | None,
-          opened: Callable[[], None]) -> dict[str, Any]:
+def train(suite: Suite, run: Path, overrides: list[str], threads: int | None, opened: Callable[[], None],
+          lost: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Train `run` on the suite's nproc_per_trial ranks; returns its summary (an "interrupted" one where a signal
-    stopped the ranks before their trainer could say so). Raises RanksFailed when they ended without a result.
-    `opened()` is called once the ranks' trainer has opened the run directory (it refuses to start in a folder that
-    holds files but no checkpoint, so the worker's own files go in after)."""
+    stopped the ranks before their trainer could say so; a "lost" one, never written, where `lost()` turned true and
+    the ranks were stopped for it). Raises RanksFailed when they ended without a result. `opened()` is called once
+    the ranks' trainer has opened the run directory (it refuses to start in a folder that holds files but no
+    checkpoint, so the worker's own files go in after), unless the claim was lost by then."""
     per_rank = rank_threads(threads, suite.execution.nproc_per_trial)
     cmd = [sys.executable, "-m", "optbench.bench.tether", str(os.getpid()),
            *command(suite, [*overrides, f"train.threads={per_rank}"])]
@@ -91,7 +95,7 @@ def train(suite: Suite, run: Path, overrides: list[str], threads: int | None,
         try:
             if stop.requested:  # a signal that came while the child was being started
                 stop.child.send_signal(signal.SIGTERM)
-            code = wait(stop.child, summary, opened)
+            code, dropped = wait(stop.child, summary, opened, lost)
         finally:
             if stop.child.poll() is None:  # the worker is leaving on an error: its ranks stop with it
                 stop.child.send_signal(signal.SIGTERM)
@@ -99,6 +103,8 @@ def train(suite: Suite, run: Path, overrides: list[str], threads: int | None,
     summary = read_json(summary.path) if summary.fresh() else {}
     if summary.get("status") in ENDED:
         return summary
+    if dropped:
+        return {"status": "lost"}
     if stop.requested:  # stopped before the ranks could checkpoint: back to the queue, as an interrupted run
         return {"status": "interrupted", "signal": stop.requested}
     raise RanksFailed(f"{suite.execution.nproc_per_trial} ranks under torchrun exited with code {code} "
@@ -122,16 +128,21 @@ class Written:
         return self.path.exists() and self._stamp() != self.before
 
 
-def wait(child: subprocess.Popen, summary: Written, opened: Callable[[], None]) -> int:
-    """The child's exit code, calling `opened` once the ranks' trainer writes the run's summary (first thing)."""
-    called = False
+def wait(child: subprocess.Popen, summary: Written, opened: Callable[[], None],
+         lost: Callable[[], bool]) -> tuple[int, bool]:
+    """The child's exit code, and whether it was stopped (SIGHUP, once) because `lost()` turned true; `opened` is
+    called once the ranks' trainer writes the run's summary (first thing), while the claim is held."""
+    called = dropped = False
     while True:
         code = child.poll()
-        if not called and summary.fresh():
+        if not dropped and code is None and lost():
+            child.send_signal(signal.SIGHUP)
+            dropped = True
+        if not called and not dropped and summary.fresh():
             opened()
             called = True
         if code is not None:
-            return code
+            return code, dropped
         time.sleep(POLL_S)
 
 

@@ -5,6 +5,25 @@ and the study storage. While a trial trains, a heartbeat thread tells the storag
 whose heartbeat stops (its worker was killed) is failed by the next worker that plans and requeued with
 the same hyperparameters and seed, so it lands in the same run directory and resumes its checkpoint.
 
+A live worker can lose its claim: a trial whose heartbeats lapsed (a long stall, a storage outage, a machine under
+load) is failed as stale by the next claim and its copy requeued, like a dead worker's. The heartbeat thread reads
+the trial's state after each beat (heartbeat.py); once it is no longer RUNNING the run stops at its next record, the
+worker prints why, tells nothing and goes on to its next claim; a tell that finds the trial failed does the same
+(tell.py). What holds for the run directory, which the copy reruns in:
+
+- The study gets one result per configuration: the copy's. A worker tells only in a transaction that finds its
+  trial RUNNING, and claims, which fail stale trials, are serialised with it.
+- Once the worker knows its claim is lost it writes nothing more there: the run stops without a checkpoint or a
+  summary (StopTraining with write=False; ranks under torchrun get SIGHUP, which they do not handle, so they end
+  at once), and a crash found lost writes no failed summary.
+- Before it knows (at most heartbeat_s after the trial was failed, plus the time to the run's next record; longer
+  for a worker that is stalled, which cannot know) it may still write a checkpoint, metrics lines or, having
+  finished, its summary. Each is this configuration's own training at the same seed: checkpoints are written whole
+  (renamed into place), so the copy resumes from a complete state of this run; metrics lines past the copy's
+  resume step are dropped when the copy opens the directory (and land in the file it replaced after); and a
+  finished summary written after the copy's is a result of the same configuration, which the copy, or its
+  successor, reuses instead of training again.
+
 A worker stays one process for all its trials, with what they share kept warm (warm.py), and prints one line
 per trial with where its time went: claiming, setting up (config, trainer, run directory), the run itself, and
 telling the study. A trial on several ranks (execution.nproc_per_trial) runs under torchrun in a child process
@@ -13,9 +32,7 @@ telling the study. A trial on several ranks (execution.nproc_per_trial) runs und
 
 from __future__ import annotations
 
-import math
 import shutil
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -24,12 +41,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from optuna.trial import TrialState
 
 from optbench.bench import downstream, layout, multirank
+from optbench.bench.heartbeat import ClaimObserver, Heartbeat, Lost, lost_claim
 from optbench.bench.plan import DONE, WAIT, Claim, claim_next
-from optbench.bench.storage import open_storage, requeue
+from optbench.bench.storage import open_storage
 from optbench.bench.suite import Suite, run_key, run_overrides
+from optbench.bench.tell import tell, tell_crash
 from optbench.bench.warm import Warm
 from optbench.config.compose import compose
 from optbench.training.rundir import environment, read_json, write_json
@@ -57,8 +75,8 @@ def work(suite: Suite, out: Path, storage_url: str, worker_id: str, threads: int
             idle_s += clock.claim + POLL_S
             continue
         assert isinstance(claim, Claim)
-        with heartbeat(storage, claim.trial._trial_id, suite.execution.heartbeat_s):
-            run_trial(suite, out, claim, threads, warm, clock)
+        with Heartbeat(storage, claim, suite.execution.heartbeat_s) as beat:
+            run_trial(suite, out, claim, threads, warm, clock, beat)
         print(clock.line(claim), flush=True)
         ran += 1
     print(f"worker {worker_id}: {ran} trials, idle {idle_s:.2f} s waiting for other workers' trials", flush=True)
@@ -101,65 +119,65 @@ class Clock:
                 f"set-up {self.setup:.2f} s, train {self.train:.2f} s ({self.outcome}), tell {self.tell:.2f} s")
 
 
-@contextmanager
-def heartbeat(storage, trial_id: int, interval_s: float) -> Iterator[None]:
-    """Record the trial's heartbeat every `interval_s` from a daemon thread while the block runs (the first was
-    recorded by the claim)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval_s):
-            storage.record_heartbeat(trial_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: Warm, clock: Clock) -> None:
-    """Train the claimed configuration and tell the study its final validation loss."""
+def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: Warm, clock: Clock,
+              beat: Heartbeat) -> None:
+    """Train the claimed configuration and tell the study its final validation loss, unless the claim was lost."""
     run = run_path(out, claim)
     overrides = run_overrides(suite, claim.scenario, claim.entry, claim.hparams, claim.seed)
     control = [f"run.dir={run}", "run.progress=false", "run.resume=auto",
                f"run.ckpt_every={suite.execution.ckpt_every}"]
     discard_dead_attempt(run)
     reused = finished(run)  # a final seed equal to the tuning seed: the trainer returns that run's summary
+    attrs: dict[str, Any] = {}  # set on the trial with its result
     try:
         if suite.execution.nproc_per_trial > 1:
-            summary = train_on_ranks(suite, run, claim, overrides, control, threads, clock, reused)
+            summary = train_on_ranks(suite, run, claim, overrides, control, threads, clock, reused, beat)
         else:
-            summary = train_here(suite, run, claim, overrides, control, threads, warm, clock)
+            summary = train_here(suite, run, claim, overrides, control, threads, warm, clock, beat)
         with clock.timed("train"):  # a final run's downstream evaluation included (bench/downstream.py)
-            if claim.phase == "final" and summary["status"] == "completed":
+            if claim.phase == "final" and summary["status"] == "completed" and beat.lost is None:
                 error = downstream.evaluate_final(suite.downstream, run)
                 if error is not None:
-                    claim.trial.set_user_attr("downstream_error", error)
+                    attrs["downstream_error"] = error
     except Exception as err:  # a crash of this trial (bad hyperparameters, out of memory) is its result
         traceback.print_exc()
         error = f"{type(err).__name__}: {err}"[:500]
         clock.outcome = "crashed"
         with clock.timed("tell"):
-            claim.trial.set_user_attr("error", error)
-            record_failure(run, suite, claim, overrides, error)
-            claim.study.tell(claim.trial, state=TrialState.FAIL)
+            lost = tell_crash(beat.storage, claim, suite.name, error,
+                              lambda: record_failure(run, suite, claim, overrides, error))
+        drop(claim, lost, clock)
         return
     clock.outcome = "a finished run, reused" if reused else f"run {summary.get('wall_s') or 0.0:.2f} s"
-    with clock.timed("tell"):
-        tell(claim, summary)
+    if summary["status"] == "lost":
+        # Stopped because the heartbeat found the claim lost, or because reporting to the trial found it finished
+        # (the beat not yet): read it. Never told: "lost" is no result.
+        lost = beat.lost or lost_claim(beat.storage, claim.trial._trial_id) or Lost(None)
+    else:
+        with clock.timed("tell"):
+            lost = tell(beat.storage, claim, summary, suite.name, attrs)
+    drop(claim, lost, clock)
+    if summary["status"] == "interrupted":  # a signal stopped the run: the worker stops too
+        raise KeyboardInterrupt
+
+
+def drop(claim: Claim, lost: Lost | None, clock: Clock) -> None:
+    """A result nobody was told, since another worker failed its trial as stale: say so, once."""
+    if lost is not None:
+        clock.outcome += ", claim lost"
+        print(lost.line(claim), flush=True)
 
 
 def train_here(suite: Suite, run: Path, claim: Claim, overrides: list[str], control: list[str], threads: int | None,
-               warm: Warm, clock: Clock) -> dict[str, Any]:
-    """The run in this process, with the worker's warm data; returns its summary."""
+               warm: Warm, clock: Clock, beat: Heartbeat) -> dict[str, Any]:
+    """The run in this process, with the worker's warm data; returns its summary. The claim's observer comes first:
+    a lost trial takes no more reports."""
     from optbench.training.trainer import Trainer
 
     with clock.timed("setup"):
         cfg = compose(overrides + control + ([f"train.threads={threads}"] if threads else []))
-        observers = (PruningObserver(claim, suite, cfg),) if claim.phase == "tune" and suite.tuning.prune else ()
+        pruning = (PruningObserver(claim, suite, cfg),) if claim.phase == "tune" and suite.tuning.prune else ()
+        observers = (ClaimObserver(beat), *pruning)
         trainer = Trainer(cfg, observers=observers, data=warm.data(cfg.data))
         record_trial(run, suite, claim, overrides)
     with clock.timed("train"):
@@ -167,14 +185,15 @@ def train_here(suite: Suite, run: Path, claim: Claim, overrides: list[str], cont
 
 
 def train_on_ranks(suite: Suite, run: Path, claim: Claim, overrides: list[str], control: list[str],
-                   threads: int | None, clock: Clock, reused: bool) -> dict[str, Any]:
+                   threads: int | None, clock: Clock, reused: bool, beat: Heartbeat) -> dict[str, Any]:
     """The run under torchrun on nproc_per_trial ranks (multirank.py); a finished run's summary is read, not rerun."""
     with clock.timed("train"):  # set-up is the ranks', inside their run
         if reused:
             record_trial(run, suite, claim, overrides)
             return read_json(run / "summary.json")
         return multirank.train(suite, run, overrides + control, threads,
-                               opened=lambda: record_trial(run, suite, claim, overrides))
+                               opened=lambda: record_trial(run, suite, claim, overrides),
+                               lost=lambda: beat.lost is not None)
 
 
 def record_failure(run: Path, suite: Suite, claim: Claim, overrides: list[str], error: str) -> None:
@@ -187,22 +206,6 @@ def record_failure(run: Path, suite: Suite, claim: Claim, overrides: list[str], 
     record_trial(run, suite, claim, overrides)
     write_json(summary, {"status": "failed", "error": error, "final_val_loss": None, "best_val_loss": None,
                          "steps": 0, "tokens": 0, "run_dir": str(run)})
-
-
-def tell(claim: Claim, summary: dict[str, Any]) -> None:
-    status = summary["status"]
-    claim.trial.set_user_attr("status", status)
-    if status == "pruned":
-        claim.study.tell(claim.trial, state=TrialState.PRUNED)
-    elif status == "interrupted":
-        # Stopped by a signal, not by its result: fail it and requeue the same configuration at once.
-        claim.study.tell(claim.trial, state=TrialState.FAIL)
-        requeue()(claim.study, claim.study.get_trials()[claim.trial.number])
-        raise KeyboardInterrupt
-    else:
-        loss = summary["final_val_loss"]
-        diverged = status == "diverged" or loss is None or not math.isfinite(loss)
-        claim.study.tell(claim.trial, math.inf if diverged else loss)
 
 
 def discard_dead_attempt(run: Path) -> None:
@@ -258,7 +261,10 @@ class PruningObserver:
 
         if "val_loss" not in record or record["step"] in (0, self.last_step):
             return
-        self.trial.report(record["val_loss"], record["step"])
+        try:
+            self.trial.report(record["val_loss"], record["step"])
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale since the last beat looked
+            raise StopTraining("lost", write=False) from None
         if self.trial.should_prune():
             raise StopTraining("pruned")
 

@@ -5,7 +5,8 @@
 
 Observers (`Trainer(cfg, observers=[...])`) see every record after the run directory's sinks; one
 may end the run early by raising `StopTraining` (a sweep's pruner does), and the run then ends with
-that status and no final checkpoint.
+that status and no final checkpoint; `StopTraining(status, write=False)` ends it without its summary either, for
+a run whose directory is no longer its own (a bench worker whose claim on the trial was lost).
 
 Everything that can fail because of the user's input (config, data, prompt, run directory) fails in
 the constructor, before a run directory exists, so a bad command leaves nothing behind.
@@ -46,11 +47,12 @@ from optbench.training.timing import StepTimer
 
 
 class StopTraining(Exception):
-    """Raised by an observer to end the run now with `status` (e.g. "pruned")."""
+    """Raised by an observer to end the run now with `status` (e.g. "pruned"); with `write=False` the run
+    leaves its directory as it is (no summary), since another process has taken it over."""
 
-    def __init__(self, status: str):
+    def __init__(self, status: str, write: bool = True):
         super().__init__(status)
-        self.status = status
+        self.status, self.write = status, write
 
 
 @dataclass
@@ -249,7 +251,7 @@ class Trainer:
         hw.reset_peak_memory(self.device)
         self.started = time.perf_counter() - self.time_offset
         self.hooks.before_training(cfg.train.steps)
-        status, stop, evals = "running", StopRequest(), Evaluations()
+        status, stop, evals, write = "running", StopRequest(), Evaluations(), True
         try:
             with stop:
                 if self.step == 0 and cfg.eval.every > 0:
@@ -271,7 +273,7 @@ class Trainer:
                     status = "completed"
                     self._save()
         except StopTraining as early:
-            status = early.status
+            status, write = early.status, early.write
         except KeyboardInterrupt:
             status = "interrupted"  # a second Ctrl-C: stop now, the last saved checkpoint stays the resume point
         except BaseException:
@@ -282,7 +284,8 @@ class Trainer:
                                              "best_val_loss": evals.best, "wall_s": self._elapsed()})
             if status == "interrupted":
                 summary["signal"] = stop.requested or signal.SIGINT.name
-            self._write_summary(summary)
+            if write:
+                self._write_summary(summary)
             for sink in self.sinks:
                 sink.close()
         if status == "completed" and self.world.is_main and cfg.eval.downstream:

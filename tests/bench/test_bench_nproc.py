@@ -1,5 +1,6 @@
 """Trials on several ranks (execution.nproc_per_trial, bench/multirank.py): the torchrun command, the checks made
-before any trial, the worker's signals reaching the ranks, and no rank outliving a killed worker.
+before any trial, the worker's signals reaching the ranks, the ranks stopped at once when the worker loses its claim,
+and no rank outliving a killed worker.
 
 One end-to-end run (2 gloo ranks on CPU): a worker is killed mid-trial, its torchrun and ranks stop (the run ends
 "interrupted" at a checkpoint), and a rerun resumes the trial from it, finishes the suite and writes the report.
@@ -158,6 +159,18 @@ def test_an_earlier_attempts_summary_is_not_this_ones(tmp_path, monkeypatch):
         multirank.train(Suite(name="s", execution=Execution(nproc_per_trial=2)), tmp_path, [], 2,
                         opened=lambda: opened.append(1))
     assert not opened
+
+
+def test_ranks_of_a_lost_claim_end_at_once_and_write_nothing(tmp_path, monkeypatch):
+    """Once the worker finds its claim lost, the ranks get SIGHUP, which ends them without the checkpoint and summary
+    that SIGTERM would have them write (the stand-in writes "interrupted" on SIGTERM, as the trainer would)."""
+    stand_in_ranks(monkeypatch, tmp_path, "import signal\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: (write('interrupted'), sys.exit(143)))\n"
+                   "write('running'); wait()")
+    summary = multirank.train(Suite(name="s", execution=Execution(nproc_per_trial=2)), tmp_path, [], 2,
+                              opened=lambda: None, lost=lambda: (tmp_path / "waiting").exists())
+    assert summary == {"status": "lost"}
+    assert read_json(tmp_path / "summary.json") == {"status": "running"}
 
 
 # ----------------------------------------------------------------------------- end to end

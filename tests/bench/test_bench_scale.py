@@ -19,8 +19,8 @@ from benchmarks.scale.probe import StatementCounter
 from optbench.bench import plan
 from optbench.bench.storage import open_storage
 from optbench.bench.suite import run_key
+from optbench.bench.tell import tell
 from optbench.errors import UserError
-from optbench.bench.worker import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -62,7 +62,8 @@ def finish(suite, url) -> optuna.storages.RDBStorage:
     storage = open_storage(url, suite.execution)
     while (claim := plan.claim_next(suite, storage)) is not plan.DONE:
         loss = synthetic_loss(suite, claim)
-        tell(claim, {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss})
+        summary = {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss}
+        tell(storage, claim, summary, suite.name)
     return storage
 
 
@@ -130,7 +131,8 @@ def claim_statements(suite, url) -> list[int]:
             if claim is plan.DONE:
                 return counts
             loss = synthetic_loss(suite, claim)
-            tell(claim, {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss})
+            summary = {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss}
+            tell(storage, claim, summary, suite.name)
 
 
 def test_a_claims_statements_do_not_grow_with_the_studies_already_done(tmp_path):
