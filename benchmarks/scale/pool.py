@@ -104,7 +104,7 @@ def work(job: Job, worker_id: str, seed: int, training=None, slot: int = 0, read
                 if training is not None:
                     training[slot] = 0
                 if summary["status"] != "lost":  # the pruner found the trial failed as stale: no result to tell
-                    tell(storage, claim, summary, job.suite.name)
+                    tell(storage, claim, summary)
 
 
 def claim_record(worker_id: str, claim: Claim | Next, cost: Cost) -> dict[str, Any]:

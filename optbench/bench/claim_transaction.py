@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import optuna
 import sqlalchemy as sa
+from optuna.storages._rdb.models import TrialModel
 from sqlalchemy import event, orm
 
 from optbench.errors import UserError
@@ -43,11 +44,32 @@ def claim_transaction(storage: optuna.storages.RDBStorage,
     connection (for the claim index). Committed when the block ends, rolled back if it raises."""
     engine = _claim_engine(storage)
     with engine.connect() as connection, _advisory_lock(connection, suite_name), connection.begin():
-        view = _view(storage, connection)
-        try:
+        with _viewed(storage, connection) as view:
             yield view, connection
-        finally:
-            view.scoped_session.remove()
+
+
+@contextmanager
+def trial_transaction(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[optuna.storages.RDBStorage]:
+    """A view of `storage` whose operations join one transaction that holds trial `trial_id`'s row from its start,
+    for a worker's tell (tell.py). SQLite: the transaction begins IMMEDIATE, the database's one write lock, which a
+    claim holds too. PostgreSQL: the row is locked (`FOR UPDATE`), the lock Optuna's own change of a trial's state
+    takes, so a claim failing the trial as stale waits for the tell, or the tell for the claim, and neither
+    interleaves with the other; the suite's claim lock is not taken, so other claims go on meanwhile."""
+    engine = _claim_engine(storage)
+    trials = TrialModel.__table__
+    with engine.connect() as connection, connection.begin():
+        connection.execute(sa.select(trials.c.state).where(trials.c.trial_id == trial_id).with_for_update())
+        with _viewed(storage, connection) as view:
+            yield view
+
+
+@contextmanager
+def _viewed(storage: optuna.storages.RDBStorage, connection: sa.Connection) -> Iterator[optuna.storages.RDBStorage]:
+    view = _view(storage, connection)
+    try:
+        yield view
+    finally:
+        view.scoped_session.remove()
 
 
 @contextmanager

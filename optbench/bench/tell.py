@@ -1,10 +1,11 @@
 """Telling the study a trial's result, only while the worker still holds the trial's claim.
 
-Every tell runs in a claim transaction (claim_transaction.py) that first reads the trial's state: claims, which fail
-stale trials and requeue them, and tells exclude each other, so a trial is either told by its worker or failed as
-stale and rerun by its copy, never both (a dropped result, not a duplicate). Optuna's own tell reads the state and
-writes the result in separate statements, and on SQLite a claim could fail the trial in between and be overwritten.
-A trial found no longer RUNNING is not told: `Lost` says when it was failed.
+Every tell runs in one transaction that holds the trial from its start (claim_transaction.trial_transaction: SQLite's
+write lock, PostgreSQL's lock on the trial's row) and first reads the trial's state: a claim failing stale trials and
+a tell cannot interleave, so a trial is either told by its worker or failed as stale and rerun by its copy, never
+both (a dropped result, not a duplicate). Optuna's own tell reads the state and writes the result in separate
+statements, and on SQLite a claim could fail the trial in between and be overwritten. A trial found no longer
+RUNNING is not told: `Lost` says when it was failed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from optbench.bench.claim_transaction import claim_transaction
+from optbench.bench.claim_transaction import trial_transaction
 from optbench.bench.heartbeat import Lost, lost_claim
 from optbench.bench.plan import Claim
 from optbench.bench.storage import requeue
@@ -25,10 +26,10 @@ Record = Callable[[optuna.Study, optuna.Trial], None]
 """What a tell writes, given the claim's study and trial as seen by the tell's transaction."""
 
 
-def held(storage: optuna.storages.RDBStorage, claim: Claim, suite_name: str, record: Record) -> Lost | None:
-    """Run `record` in one claim transaction on `storage` (the claim's) if the trial is still this worker's; else,
-    without it, Lost."""
-    with claim_transaction(storage, suite_name) as (view, _):
+def held(storage: optuna.storages.RDBStorage, claim: Claim, record: Record) -> Lost | None:
+    """Run `record` in one transaction holding the trial on `storage` (the claim's) if the trial is still this
+    worker's; else, without it, Lost."""
+    with trial_transaction(storage, claim.trial._trial_id) as view:
         lost = lost_claim(view, claim.trial._trial_id)
         if lost is not None:
             return lost
@@ -38,7 +39,7 @@ def held(storage: optuna.storages.RDBStorage, claim: Claim, suite_name: str, rec
     return None
 
 
-def tell(storage: optuna.storages.RDBStorage, claim: Claim, summary: dict[str, Any], suite_name: str,
+def tell(storage: optuna.storages.RDBStorage, claim: Claim, summary: dict[str, Any],
          attrs: dict[str, Any] | None = None) -> Lost | None:
     """The run's result: its loss (inf when diverged), pruned, or, for a run stopped by a signal, failed and requeued
     at once with the same configuration. `attrs` are set on the trial with it."""
@@ -57,10 +58,10 @@ def tell(storage: optuna.storages.RDBStorage, claim: Claim, summary: dict[str, A
             diverged = status == "diverged" or loss is None or not math.isfinite(loss)
             study.tell(trial, math.inf if diverged else loss)
 
-    return held(storage, claim, suite_name, record)
+    return held(storage, claim, record)
 
 
-def tell_crash(storage: optuna.storages.RDBStorage, claim: Claim, suite_name: str, error: str,
+def tell_crash(storage: optuna.storages.RDBStorage, claim: Claim, error: str,
                write_record: Callable[[], None]) -> Lost | None:
     """A crash is the trial's result: `error` recorded, `write_record()` (the run directory's failed summary) run
     while the claim is known to be held, and the trial failed, never requeued."""
@@ -70,4 +71,4 @@ def tell_crash(storage: optuna.storages.RDBStorage, claim: Claim, suite_name: st
         write_record()
         study.tell(trial, state=TrialState.FAIL)
 
-    return held(storage, claim, suite_name, record)
+    return held(storage, claim, record)

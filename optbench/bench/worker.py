@@ -144,7 +144,7 @@ def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: 
         error = f"{type(err).__name__}: {err}"[:500]
         clock.outcome = "crashed"
         with clock.timed("tell"):
-            lost = tell_crash(beat.storage, claim, suite.name, error,
+            lost = tell_crash(beat.storage, claim, error,
                               lambda: record_failure(run, suite, claim, overrides, error))
         drop(claim, lost, clock)
         return
@@ -155,7 +155,7 @@ def run_trial(suite: Suite, out: Path, claim: Claim, threads: int | None, warm: 
         lost = beat.lost or lost_claim(beat.storage, claim.trial._trial_id) or Lost(None)
     else:
         with clock.timed("tell"):
-            lost = tell(beat.storage, claim, summary, suite.name, attrs)
+            lost = tell(beat.storage, claim, summary, attrs)
     drop(claim, lost, clock)
     if summary["status"] == "interrupted":  # a signal stopped the run: the worker stops too
         raise KeyboardInterrupt

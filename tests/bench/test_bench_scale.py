@@ -63,7 +63,7 @@ def finish(suite, url) -> optuna.storages.RDBStorage:
     while (claim := plan.claim_next(suite, storage)) is not plan.DONE:
         loss = synthetic_loss(suite, claim)
         summary = {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss}
-        tell(storage, claim, summary, suite.name)
+        tell(storage, claim, summary)
     return storage
 
 
@@ -132,7 +132,7 @@ def claim_statements(suite, url) -> list[int]:
                 return counts
             loss = synthetic_loss(suite, claim)
             summary = {"status": "completed" if loss is not None else "diverged", "final_val_loss": loss}
-            tell(storage, claim, summary, suite.name)
+            tell(storage, claim, summary)
 
 
 def test_a_claims_statements_do_not_grow_with_the_studies_already_done(tmp_path):
