@@ -130,6 +130,9 @@ class Trainer:
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
         if self.resume_from is None:
             self.model.load_initial_weights()
+        # float64 (a verification precision) casts the float32 initial weights before the model is wrapped and the
+        # optimizer built, so the replica shards, the gradients and the optimizer state are float64 too.
+        self.model.to(hw.param_dtype(self.dtype))
         check_parallel(cfg, self.world.size)
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
@@ -172,7 +175,7 @@ class Trainer:
         lr_scale = lr_multiplier(step, cfg.steps, self.cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_scale
-        total_loss = torch.zeros((), device=self.device)
+        total_loss = torch.zeros((), dtype=hw.param_dtype(self.dtype), device=self.device)
         micros = self.batches.micro_indices()
         for i, micro in enumerate(micros):
             x, y = (t.to(self.device, non_blocking=True) for t in self.batches.batch(step, micro))
@@ -180,7 +183,8 @@ class Trainer:
             with distributed.gradient_sync(self.replica, enabled=i == len(micros) - 1):
                 with hw.autocast(self.device, self.dtype):
                     logits = self.forward(x)
-                ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
+                logits = logits.to(hw.param_dtype(self.dtype)).view(-1, logits.size(-1))
+                ce = F.cross_entropy(logits, y.view(-1)) / len(micros)
                 aux = self.model.auxiliary_losses()
                 self.scaler.scale(ce + sum(aux.values()) / len(micros)).backward()
             total_loss += ce.detach()  # the logged loss is the cross-entropy alone, comparable across models
@@ -357,7 +361,7 @@ class Trainer:
 
     def _mfu(self, tokens_per_s: float) -> dict[str, float]:
         peak = hw.peak_flops(self.device)
-        if peak is None:
+        if peak is None or self.dtype == torch.float64:  # the peak is bf16's: a float64 run's ratio means nothing
             return {}
         return {"mfu": self.model.flops_per_token(self.cfg.train.seq_len) * tokens_per_s / peak}
 
