@@ -107,6 +107,7 @@ class Trainer:
         self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device, sharded=self.sharded)
         if self.resume_from is not None:
             resume.check_world_size(cfg, self.resume_from, self.world.size)
+            resume.check_precision(self.resume_from, self.dtype, cfg.train.dtype)
         require_optional(cfg.run)
         downstream.check_before_training(cfg)
 
