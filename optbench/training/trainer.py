@@ -81,6 +81,13 @@ def check_parallel(cfg: Config, world_size: int) -> None:
                         "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
 
 
+def check_precision(cfg: Config) -> None:
+    """What cannot run in train.dtype=float64 (a verification precision) is refused before anything is built."""
+    if cfg.train.dtype == "float64" and getattr(cfg.model, "kernel", None) == "fla":
+        raise UserError("model.kernel=fla: flash-linear-attention's kernels have no float64 (train.dtype=float64); "
+                        "valid with float64: model.kernel=auto, torch")
+
+
 class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = (),
                  data: datalib.Prepared | None = None):
@@ -100,6 +107,7 @@ class Trainer:
         self.world = distributed.from_environment()
         self.device = hw.resolve_device(distributed.init(self.world, cfg.train.device))
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
+        check_precision(cfg)
         run_dir = cfg.run.dir or str(default_dir(cfg.model.name, cfg.optim.name))
         self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)

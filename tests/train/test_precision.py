@@ -120,3 +120,10 @@ def test_float64_is_float64_end_to_end(tmp_path, tiny_overrides):
         difference = (loss_at(w + h) - loss_at(w - h)).item() / (2 * h)
     gain.data[0] = w
     assert difference == pytest.approx(gain.grad[0].item(), rel=1e-7, abs=1e-10)
+
+
+def test_float64_refuses_flash_linear_attention_kernels_in_one_line(tmp_path, tiny_overrides):
+    with pytest.raises(UserError, match=r"^model.kernel=fla: flash-linear-attention's kernels have no float64 "
+                                        r"\(train.dtype=float64\); valid with float64: model.kernel=auto, torch$"):
+        Trainer(compose([*tiny_overrides, "model=gla-debug", "model.kernel=fla", "train.dtype=float64"]))
+    assert not (tmp_path / "run").exists()
