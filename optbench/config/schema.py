@@ -16,7 +16,7 @@ from optbench.errors import check, check_choice
 
 SCHEDULES = ("cosine", "linear", "wsd", "cos_inf", "constant")
 DECAY_SHAPES = ("linear", "cosine", "sqrt", "exp", "mirror_cosine", "square")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 SAMPLING = ("random", "shuffled")
 WEIGHT_AVG = ("none", "ema", "uniform")
 PARALLEL = ("ddp", "fsdp")
@@ -156,7 +156,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     dtype: str = "auto"
-    """auto: bfloat16 autocast on CUDA, float32 on CPU."""
+    """auto: bfloat16 autocast on CUDA, float32 on CPU. float64: a verification precision, not for speed (parameters,
+    gradients, optimizer state and the model's computations in float64): checks that a parallel or resumed run
+    computes what one process computes, with rounding far below what can grow to 1e-5 (training/device.py)."""
     compile: bool = False
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps."""

@@ -144,7 +144,7 @@ class OptbenchLM(LM):
         end = len(row.tokens)
         # position p predicts the token after tokens[p]; only the scored positions are normalised (a batch's full
         # log-softmax over a 50k vocabulary would be gigabytes)
-        scored = F.log_softmax(logits[end - len(row.targets):end].float(), dim=-1)
+        scored = F.log_softmax(logits[end - len(row.targets):end].to(hw.param_dtype(self.dtype)), dim=-1)
         targets = torch.tensor(row.targets, dtype=torch.long, device=scored.device)
         picked = scored.gather(-1, targets[:, None]).squeeze(-1)
         greedy = bool((scored[:, :self.vocab_limit].argmax(-1) == targets).all())

@@ -134,8 +134,9 @@ def lm_eval_results(cfg: Config, weights: dict[str, torch.Tensor], manager, requ
     model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
     model.load_state_dict(weights)
     batch_size = request.batch_size or cfg.eval.batch_size or cfg.train.batch_size
-    lm = OptbenchLM(model.to(device).eval(), prepared.tokenizer(), cfg.train.seq_len, prepared.vocab_size, device,
-                    hw.resolve_dtype(cfg.train.dtype, device), batch_size)
+    dtype = hw.resolve_dtype(cfg.train.dtype, device)
+    lm = OptbenchLM(model.to(device, hw.param_dtype(dtype)).eval(), prepared.tokenizer(), cfg.train.seq_len,
+                    prepared.vocab_size, device, dtype, batch_size)
     try:
         with hw.threads(cfg.train):  # the run's train.threads, as it trained
             # log_samples: lm-eval's task hash is computed over the samples

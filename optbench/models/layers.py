@@ -15,6 +15,11 @@ from torch import nn
 from optbench.config.schema import ModelConfig
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 at least: half precisions widen, float64 (train.dtype=float64, a verification run) stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is >= n."""
     return -(-n // multiple) * multiple
@@ -37,8 +42,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (Zhang & Sennrich 2019), as in LLaMA.
 
-    Computed in float32 and cast back, like Meta's reference: the mean of squares of bf16
-    activations loses too many bits.
+    Computed in float32 (float64 stays float64) and cast back, like Meta's reference: the mean of
+    squares of bf16 activations loses too many bits.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
@@ -47,8 +52,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        wide = upcast(x)
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
 
 
@@ -70,10 +75,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x of shape (B, H, T, D) by the angles of positions 0..T-1 (in float32)."""
+        """Rotate x of shape (B, H, T, D) by the angles of positions 0..T-1 (in float32 at least)."""
         seq = x.size(-2)
         cos, sin = self.cos[:seq], self.sin[:seq]
-        x1, x2 = x.float().chunk(2, dim=-1)
+        x1, x2 = upcast(x).chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
@@ -164,7 +169,7 @@ class CausalLM(nn.Module):
         self.eval()
         try:
             for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.seq_len:])[:, -1, :vocab_limit].float() / temperature
+                logits = upcast(self(idx[:, -self.seq_len:])[:, -1, :vocab_limit]) / temperature
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

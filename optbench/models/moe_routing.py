@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optbench.models.layers import upcast
 from optbench.models.llama import MLP
 
 ROUTINGS = ("token_choice", "expert_choice")
@@ -163,10 +164,10 @@ class MoEFeedForward(nn.Module):
         self.dropped: torch.Tensor | None = None
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, E) logits in float32 even under autocast: ST-MoE's selective precision, since bfloat16
+        """(N, E) logits in float32 (float64 stays) even under autocast: ST-MoE's selective precision, since bfloat16
         round-off in the router's softmax changes which experts win and destabilises training."""
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x.float(), self.router.weight.float())
+            return F.linear(upcast(x), upcast(self.router.weight))
 
     def route(self, logits: torch.Tensor) -> Routing:
         if self.routing == "token_choice":

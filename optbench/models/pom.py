@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optbench.models.layers import upcast
+
 
 def polynomial_lift(z: torch.Tensor, degree: int) -> torch.Tensor:
     """H(x) from z = [W_1 x; ...; W_k x] (last dim split into k = `degree` equal factors): the running
@@ -49,8 +51,8 @@ def causal_mean(h: torch.Tensor) -> torch.Tensor:
     Summed in float32 and cast back: a bfloat16 running sum over a thousand positions keeps too few
     bits for the later rows' means (as RMSNorm squares in float32).
     """
-    total = h.float().cumsum(dim=1)
-    count = torch.arange(1, h.size(1) + 1, device=h.device, dtype=torch.float32).unsqueeze(-1)
+    total = upcast(h).cumsum(dim=1)
+    count = torch.arange(1, h.size(1) + 1, device=h.device, dtype=total.dtype).unsqueeze(-1)
     return (total / count).type_as(h)
 
 

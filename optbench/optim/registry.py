@@ -20,6 +20,7 @@ from optbench.config.schema import OptimConfig
 from optbench.errors import UserError, check_choice, closest
 from optbench.optim.routing import Routed, groups_by_role, route
 from optbench.optim.search_space import SearchSpace, around_lr
+from optbench.optim.state_dtypes import keep_saved_dtypes
 
 Builder = Callable[[list[dict], OptimConfig], torch.optim.Optimizer]
 
@@ -175,7 +176,7 @@ def build_for(cfg: OptimConfig, routed: list[Routed]) -> torch.optim.Optimizer:
     plan gives it, with the decay and lr the plan already holds."""
     spec = get(cfg.name)
     if not matrix_only(cfg):
-        return spec.build(groups_by_role(routed), cfg)
+        return keep_saved_dtypes(spec.build(groups_by_role(routed), cfg))
     from optbench.optim.hybrid import HybridOptimizer
 
     if any(r.part == "main" and r.role != "matrix" for r in routed):
@@ -183,7 +184,7 @@ def build_for(cfg: OptimConfig, routed: list[Routed]) -> torch.optim.Optimizer:
                          "the other roles to its backup")
     matrices = [r for r in routed if r.part == "main"]
     rest = [r for r in routed if r.part == "backup"]
-    parts = {"matrix": spec.build(groups_by_role(matrices), cfg)} if matrices else {}
+    parts = {"matrix": keep_saved_dtypes(spec.build(groups_by_role(matrices), cfg))} if matrices else {}
     if rest:
         parts["backup"] = build_for(cfg.backup, rest)
     return HybridOptimizer(parts)

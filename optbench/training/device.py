@@ -1,4 +1,14 @@
-"""Device, precision and the few hardware facts the trainer reports (peak memory, MFU)."""
+"""Device, precision and the few hardware facts the trainer reports (peak memory, MFU).
+
+Precisions (train.dtype): float32 keeps parameters, gradients and optimizer state in float32; bfloat16 and float16
+add autocast to the forward pass over those float32 parameters. float64 is a verification precision, not a training
+one: the model is cast to float64 before it is wrapped and before the optimizer is built, so parameters, gradients,
+optimizer state and every computation of the model and loss run in float64, without autocast. It serves to check
+that a parallel or resumed run computes what one process computes: rounding at float64's 1e-16, where a sum taken in
+another order (4 ranks' reduce-scatter against one process's accumulation) cannot grow to 1e-5 over a short run as
+float32's 1e-7 can. Optimizers that compute some steps in lower precision on purpose (Newton–Schulz, eigenbases in
+float32, as their references) keep doing so; both sides of a comparison then round the same way.
+"""
 
 from __future__ import annotations
 
@@ -42,12 +52,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is bfloat16 autocast on CUDA and float32 elsewhere (bf16 matmuls are emulated on CPU)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if name == "float64" and device.type == "mps":
+        raise UserError("train.dtype=float64 is not supported on MPS; valid there: auto, float32, bfloat16, float16")
+    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def param_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of parameters, gradients and optimizer state for a run at `dtype`: float64 for the verification
+    precision, float32 otherwise (half precisions are autocast over float32 parameters)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass; parameters and optimizer state stay float32."""
-    if dtype == torch.float32:
+    """Mixed precision for the forward pass; parameters and optimizer state stay in param_dtype(dtype)."""
+    if dtype in (torch.float32, torch.float64):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, sharded_checkpoint
+from optbench.training import checkpoint, device, sharded_checkpoint
 from optbench.training.sharded_checkpoint import Sharded
 
 RUN_CONTROL = ("run.", "diag.", "train.threads", "train.compile", "data.root", "data.mirror", "data.num_proc")
@@ -64,6 +64,28 @@ def check_world_size(cfg: Config, found: tuple[Path, dict[str, Any] | Sharded], 
         raise UserError(f"model.dropout={cfg.model.dropout} draws each rank's masks from its own random stream, so "
                         f"{path} (saved at world size {saved}) resumes at world size {saved} only, not {world_size}; "
                         f"run it with torchrun --nproc_per_node={saved}")
+
+
+def saved_weight_dtypes(state: dict[str, Any] | Sharded) -> set[torch.dtype]:
+    """The dtypes of a checkpoint's floating-point weights (a sharded one's from its index, without reading them)."""
+    if isinstance(state, Sharded):
+        entries = sharded_checkpoint.index(state.path).values()
+        tensors = [entry for where, entry in entries if where[0] == "model" and sharded_checkpoint.is_tensor(entry)]
+        return {entry.properties.dtype for entry in tensors if entry.properties.dtype.is_floating_point}
+    return {t.dtype for t in state["model"].values() if t.is_floating_point()}
+
+
+def check_precision(found: tuple[Path, dict[str, Any] | Sharded], dtype: torch.dtype, name: str) -> None:
+    """Refuse to continue float32 weights in float64 or the other way: that is another run, not this one resumed
+    (and the optimizer's state keeps the dtypes it was saved in, optim/state_dtypes.py)."""
+    path, state = found
+    weights = device.param_dtype(dtype)
+    saved = saved_weight_dtypes(state)
+    if saved and saved != {weights}:
+        held = ", ".join(sorted(str(d).removeprefix("torch.") for d in saved))
+        valid = "float64" if saved == {torch.float64} else "auto, float32, bfloat16, float16"
+        raise UserError(f"train.dtype={name} trains {str(weights).removeprefix('torch.')} weights, but {path} holds "
+                        f"{held} weights; valid to resume it: train.dtype={valid}")
 
 
 def check_same_config(run_dir: Path, cfg: Config) -> None:

@@ -14,7 +14,7 @@ from optbench import models
 from optbench.config.compose import load_yaml
 from optbench.errors import UserError, check
 from optbench.training import checkpoint
-from optbench.training.device import resolve_device
+from optbench.training.device import param_dtype, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -66,7 +66,7 @@ def sample_from_run(overrides: list[str]) -> str:
     model = models.build(cfg.model, prepared.vocab_size, cfg.train.seq_len)
     state = found[1]
     model.load_state_dict(state["extra"].get("eval_model", state["model"]))  # Schedule-Free: its eval point
-    model.to(device).eval()
+    model.to(device, param_dtype(resolve_dtype(cfg.train.dtype, device))).eval()  # a float64 run samples in float64
     try:
         prompt = tokenizer.encode(request.prompt) or [tokenizer.eot if tokenizer.eot is not None else 0]
     except (KeyError, ValueError):

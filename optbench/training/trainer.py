@@ -85,6 +85,13 @@ def check_parallel(cfg: Config, world_size: int) -> None:
                         "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
 
 
+def check_precision(cfg: Config) -> None:
+    """What cannot run in train.dtype=float64 (a verification precision) is refused before anything is built."""
+    if cfg.train.dtype == "float64" and getattr(cfg.model, "kernel", None) == "fla":
+        raise UserError("model.kernel=fla: flash-linear-attention's kernels have no float64 (train.dtype=float64); "
+                        "valid with float64: model.kernel=auto, torch")
+
+
 class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = (),
                  data: datalib.Prepared | None = None):
@@ -104,6 +111,7 @@ class Trainer:
         self.world = distributed.from_environment()
         self.device = hw.resolve_device(distributed.init(self.world, cfg.train.device))
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
+        check_precision(cfg)
         run_dir = cfg.run.dir or str(default_dir(cfg.model.name, cfg.optim.name))
         self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
@@ -111,6 +119,7 @@ class Trainer:
         self.resume_from = resume.find(cfg, self.run_dir, self.store, self.device, sharded=self.sharded)
         if self.resume_from is not None:
             resume.check_world_size(cfg, self.resume_from, self.world.size)
+            resume.check_precision(self.resume_from, self.dtype, cfg.train.dtype)
         require_optional(cfg.run)
         downstream.check_before_training(cfg)
 
@@ -134,6 +143,9 @@ class Trainer:
         self.model = models.build(cfg.model, self.data.vocab_size, cfg.train.seq_len).to(self.device)
         if self.resume_from is None:
             self.model.load_initial_weights()
+        # float64 (a verification precision) casts the float32 initial weights before the model is wrapped and the
+        # optimizer built, so the replica shards, the gradients and the optimizer state are float64 too.
+        self.model.to(hw.param_dtype(self.dtype))
         check_parallel(cfg, self.world.size)
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
@@ -176,7 +188,7 @@ class Trainer:
         lr_scale = lr_multiplier(step, cfg.steps, self.cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_scale
-        total_loss = torch.zeros((), device=self.device)
+        total_loss = torch.zeros((), dtype=hw.param_dtype(self.dtype), device=self.device)
         micros = self.batches.micro_indices()
         for i, micro in enumerate(micros):
             x, y = (t.to(self.device, non_blocking=True) for t in self.batches.batch(step, micro))
@@ -184,7 +196,8 @@ class Trainer:
             with distributed.gradient_sync(self.replica, enabled=i == len(micros) - 1):
                 with hw.autocast(self.device, self.dtype):
                     logits = self.forward(x)
-                ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / len(micros)
+                logits = logits.to(hw.param_dtype(self.dtype)).view(-1, logits.size(-1))
+                ce = F.cross_entropy(logits, y.view(-1)) / len(micros)
                 aux = self.model.auxiliary_losses()
                 self.scaler.scale(ce + sum(aux.values()) / len(micros)).backward()
             total_loss += ce.detach()  # the logged loss is the cross-entropy alone, comparable across models
@@ -362,7 +375,7 @@ class Trainer:
 
     def _mfu(self, tokens_per_s: float) -> dict[str, float]:
         peak = hw.peak_flops(self.device)
-        if peak is None:
+        if peak is None or self.dtype == torch.float64:  # the peak is bf16's: a float64 run's ratio means nothing
             return {}
         return {"mfu": self.model.flops_per_token(self.cfg.train.seq_len) * tokens_per_s / peak}
 

@@ -44,11 +44,12 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
 
-def launch_all(folder: Path, runs: dict[str, list[str]]) -> None:
-    """Every run of `runs` (name -> overrides; run.dir is folder/name) in one torchrun launch, in order."""
+def launch_all(folder: Path, runs: dict[str, list[str]], nproc: int = 2) -> None:
+    """Every run of `runs` (name -> overrides; run.dir is folder/name) in one torchrun launch of `nproc` ranks, in
+    order."""
     listing = folder / "runs.json"
     listing.write_text(json.dumps([[*overrides, f"run.dir={folder / name}"] for name, overrides in runs.items()]))
-    done = torchrun(["-m", "tests.reliability.ranks", str(listing)])
+    done = torchrun(["-m", "tests.reliability.ranks", str(listing)], nproc)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -15,7 +15,8 @@ The trainer's runs leave gradients unclipped. Under FSDP2 the clipping norm is s
 than one process's, which moves every clipped gradient by an ulp; SOAP's eigenbases of its first, nearly degenerate
 factors turn that into 1e-3 in the loss within 20 steps (DDP at 4 ranks does the same: its all-reduce sums 4
 micro-batches in another order). Unclipped, 2 ranks x 1 micro-batch give one process's 2 micro-batch gradients bit
-for bit, and the losses agree to the rounding of the logged mean (~6e-8).
+for bit, and the losses agree to the rounding of the logged mean (~6e-8). 4 ranks sum 4 micro-batches in another
+order than one process, so they are checked in float64 (test_fsdp_four_ranks.py).
 """
 
 import json
@@ -27,28 +28,15 @@ import torch
 import optbench
 from optbench import optim
 from optbench.training.checkpoint import CheckpointStore
-from optbench.training.rundir import read_metrics
 from tests.conftest import tiny_run, write_corpus
+from tests.reliability.rank_agreement import CASES, MODELS, losses
 from tests.reliability.test_distributed import launch_all, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torchrun")]
 
-MODELS = ("llama-debug", "moe-debug")
-CASES = {
-    "adamw": [],
-    "muon": [],
-    "soap": ["optim.precondition_frequency=5"],
-    "shampoo": ["optim.start_preconditioning_step=4", "optim.precondition_frequency=3"],
-    "psgd-kron": [],
-    "galore": ["optim.rank=8", "optim.update_proj_gap=5"],
-}
 COMMON = ["train.steps=20", "train.grad_accum=2", "train.grad_clip=0", "run.log_every=1", "run.ckpt_every=10",
           "eval.every=0", "eval.sample_tokens=0", "train.parallel=fsdp"]
 FSDP_RUNS = [n for n in optim.names() if optim.get(n).capabilities.fsdp != "refused"]
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if "loss" in r]
 
 
 @pytest.fixture(scope="module")

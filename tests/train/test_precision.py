@@ -1,5 +1,6 @@
 """Mixed precision on CPU: train.dtype=bfloat16 and float16 autocast the forward pass (fp16 through the
-GradScaler), keep float32 weights, learn, and log a first loss close to a float32 run's."""
+GradScaler), keep float32 weights, learn, and log a first loss close to a float32 run's. train.dtype=float64, the
+verification precision, keeps everything in float64."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from optbench.config.compose import compose
+from optbench.errors import UserError
 from optbench.training.checkpoint import CheckpointStore
 from optbench.training.rundir import read_metrics
 from optbench.training.trainer import Trainer
@@ -70,3 +73,57 @@ def test_autocast_on_cpu_trains_close_to_float32(tmp_path, tiny_overrides, fp32,
     else:
         assert not low["scaler"].is_enabled() and set(low["scales"]) == {1.0}
     assert not fp32["scaler"].is_enabled()
+
+
+def float32_representable(x: float) -> bool:
+    return torch.tensor(x, dtype=torch.float32).item() == x
+
+
+def test_float64_is_float64_end_to_end(tmp_path, tiny_overrides):
+    """Parameters, gradients, optimizer state, checkpoints and the logged losses in float64, and the model's
+    forward computed in float64 throughout: a central difference of the loss in one weight (the first RMSNorm gain)
+    meets the backward pass's derivative to ~1e-9, which one float32 rounding anywhere in the forward (1e-7 of the
+    loss, divided by the step 1e-5) would miss by orders of magnitude."""
+    overrides = [*tiny_overrides, *FAST, "model=llama-debug", "optim=adamw", "train.steps=2"]
+    trainer = Trainer(compose([*overrides, "train.dtype=float64", f"run.dir={tmp_path / 'run'}"]))
+    summary = trainer.train()
+    assert summary["status"] == "completed"
+    model = trainer.model
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    state = [t for s in trainer.optimizer.state.values() for t in s.values() if t.is_floating_point() and t.dim()]
+    assert state and {t.dtype for t in state} == {torch.float64}
+    path, saved = CheckpointStore(tmp_path / "run" / "checkpoints").latest()
+    assert {t.dtype for t in saved["model"].values()} == {torch.float64}
+    with pytest.raises(UserError, match=r"^train.dtype=float32 trains float32 weights, but .* holds float64 weights; "
+                                        r"valid to resume it: train.dtype=float64$"):
+        Trainer(compose([*overrides, "train.dtype=float32", f"run.resume={path}", f"run.dir={tmp_path / 'other'}"]))
+    assert not (tmp_path / "other").exists()
+    logged = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert len(logged) == 2 and not any(map(float32_representable, [*logged, summary["final_val_loss"]]))
+
+    loss, _ = trainer.train_step(2)  # leaves the step's gradients in place
+    assert not float32_representable(loss)
+    assert {p.grad.dtype for p in model.parameters()} == {torch.float64}
+
+    x, y = trainer.batches.batch(0, 0)
+    gain = model.get_parameter("layers.0.attn_norm.weight")
+
+    def loss_at(value: float) -> torch.Tensor:
+        gain.data[0] = value
+        logits = model(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    w, h = gain.data[0].item(), 1e-5
+    gain.grad = None
+    loss_at(w).backward()
+    with torch.no_grad():
+        difference = (loss_at(w + h) - loss_at(w - h)).item() / (2 * h)
+    gain.data[0] = w
+    assert difference == pytest.approx(gain.grad[0].item(), rel=1e-7, abs=1e-10)
+
+
+def test_float64_refuses_flash_linear_attention_kernels_in_one_line(tmp_path, tiny_overrides):
+    with pytest.raises(UserError, match=r"^model.kernel=fla: flash-linear-attention's kernels have no float64 "
+                                        r"\(train.dtype=float64\); valid with float64: model.kernel=auto, torch$"):
+        Trainer(compose([*tiny_overrides, "model=gla-debug", "model.kernel=fla", "train.dtype=float64"]))
+    assert not (tmp_path / "run").exists()

@@ -1,7 +1,7 @@
 """Which implementation runs: flash-linear-attention's Triton chunk kernels, or our PyTorch chunked forms.
 
 `backend` is a model's `kernel` key: `auto` takes fla's kernels for CUDA tensors when the package imports
-and ours otherwise (CPU, no fla); `fla` insists on fla's (a config that asks for it without the package
+and ours otherwise (CPU, float64, no fla); `fla` insists on fla's (a config that asks for it without the package
 fails when the model is built); `torch` always runs ours, e.g. to compare the two on one GPU.
 
 Both sides take the same arguments in fla's layout (q, k (B, T, H, K), v (B, T, H, V), log-space decays,
@@ -44,8 +44,8 @@ def check_backend(backend: str) -> None:
 
 def uses_fla(backend: str, x: torch.Tensor) -> bool:
     """Whether a call on tensors like `x` goes to fla's kernels."""
-    if backend == "auto":
-        return x.is_cuda and fla_ops() is not None
+    if backend == "auto":  # fla's Triton kernels have no float64 (train.dtype=float64, a verification run)
+        return x.is_cuda and x.dtype != torch.float64 and fla_ops() is not None
     return backend == "fla"
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optbench.models.layers import RMSNorm
+from optbench.models.layers import RMSNorm, upcast
 from optbench.models.linear_attention import kernels
 
 if TYPE_CHECKING:  # families.py imports this module to build its mixers
@@ -57,8 +57,8 @@ def short_conv(dim: int, size: int, std: float) -> nn.Module:
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(|x|^2 + eps) over the last dimension, in float32, as fla's l2norm: unit keys keep every
     delta-rule step I - beta k k^T a contraction."""
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.pow(2).sum(-1, keepdim=True) + eps)).type_as(x)
+    wide = upcast(x)
+    return (wide * torch.rsqrt(wide.pow(2).sum(-1, keepdim=True) + eps)).type_as(x)
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -109,7 +109,7 @@ class GatedLinearAttention(nn.Module):
         if self.use_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
         # Dividing the log-sigmoid by 16 keeps decays near 1 (long memory) at init: a = sigmoid(z)^(1/16).
-        log_decay = F.logsigmoid(self.gk_proj(x).float()) / self.normalizer
+        log_decay = F.logsigmoid(upcast(self.gk_proj(x))) / self.normalizer
         o, _ = kernels.gla(split_heads(q, self.head_k), split_heads(k, self.head_k), split_heads(v, self.head_v),
                            split_heads(log_decay, self.head_k), backend=self.backend)
         o = self.o_norm(o) * F.silu(split_heads(self.g_proj(x), self.head_v))
@@ -181,7 +181,7 @@ class GatedDeltaNetMixer(nn.Module):
         v = split_heads(self.v_conv1d(self.v_proj(x)), self.head_v)
         beta = torch.sigmoid(self.b_proj(x))
         # alpha = exp(-A dt) with A = exp(A_log) > 0 and step dt = softplus(.) > 0, as Mamba-2 discretises.
-        log_decay = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        log_decay = -upcast(self.A_log).exp() * F.softplus(upcast(self.a_proj(x)) + self.dt_bias)
         o, _ = kernels.gated_delta_rule(q, k, v, log_decay, beta, backend=self.backend)
         o = self.o_norm(o) * F.silu(split_heads(self.g_proj(x), self.head_v))
         return self.dropout(self.o_proj(o.flatten(-2)))

@@ -102,7 +102,8 @@ def adam_in_eigenbasis(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, bases:
     exp_avg_sq.lerp_(grad_rotated.square().to(exp_avg_sq.dtype), 1.0 - beta2)
     denom = exp_avg_sq.sqrt().add_(eps)
     exp_avg_rotated = contract(exp_avg.float(), bases)
-    return contract(exp_avg_rotated / denom, bases, transpose=True)
+    # in float32 like the bases (a float64 v, train.dtype=float64, would promote the quotient)
+    return contract((exp_avg_rotated / denom).float(), bases, transpose=True)
 
 
 def step_size(lr: float, beta1: float, beta2: float, step: int, correct_bias: bool) -> float:
