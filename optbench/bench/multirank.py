@@ -57,7 +57,7 @@ class RanksFailed(RuntimeError):
 def check_configs(configs: list, nproc: int) -> None:
     """Every run the suite composes must run on `nproc` ranks: refused here, in one line, before any trial starts,
     rather than as a crash of every trial."""
-    from optbench.training.trainer import check_parallel
+    from optbench.training.refusals import check_parallel
 
     for cfg in configs:
         check(cfg.train.grad_accum % nproc == 0,

@@ -21,7 +21,7 @@ values (update_cos with no update of step t-1 in this process, drift_cos with no
 norm) are None, JSON null.
 
 Under torchrun only rank 0 measures: DDP's replicas hold equal weights and, after the all-reduce, equal
-gradients, so one rank's figures are every rank's. FSDP's shards are refused (trainer.check_parallel).
+gradients, so one rank's figures are every rank's. FSDP's shards are refused (refusals.check_parallel).
 """
 
 from __future__ import annotations

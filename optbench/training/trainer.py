@@ -30,7 +30,7 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
-from optbench.training import checkpoint, device as hw, diagnostics, distributed, resume
+from optbench.training import checkpoint, device as hw, diagnostics, distributed, refusals, resume
 from optbench.training.averaging import WeightAverage
 from optbench.training.checkpointer import Checkpointer
 from optbench.training.evaluation import validation_metrics
@@ -69,29 +69,6 @@ class Evaluations:
         self.best = record["val_loss"] if self.best is None else min(self.best, record["val_loss"])
 
 
-def check_parallel(cfg: Config, world_size: int) -> None:
-    """FSDP2 hands each rank shards of every tensor: optimizers run on those or on owner ranks, or are refused (also
-    checked by a bench before its trials run on several ranks, bench/multirank.py)."""
-    if not (world_size > 1 and cfg.train.parallel == "fsdp"):
-        return
-    from optbench.training import fsdp_optimizer  # FSDP2 and DTensor (~1 s to import): for FSDP runs only
-
-    fsdp_optimizer.check(cfg)
-    if cfg.train.weight_avg != "none":
-        raise UserError(f"train.weight_avg={cfg.train.weight_avg} keeps a full copy of the model, which "
-                        "train.parallel=fsdp avoids; valid with fsdp: none (or train.parallel=ddp)")
-    if cfg.diag.every > 0:
-        raise UserError(f"diag.every={cfg.diag.every} measures whole tensors, which train.parallel=fsdp "
-                        "shards over ranks; valid with fsdp: diag.every=0 (or train.parallel=ddp)")
-
-
-def check_precision(cfg: Config) -> None:
-    """What cannot run in train.dtype=float64 (a verification precision) is refused before anything is built."""
-    if cfg.train.dtype == "float64" and getattr(cfg.model, "kernel", None) == "fla":
-        raise UserError("model.kernel=fla: flash-linear-attention's kernels have no float64 (train.dtype=float64); "
-                        "valid with float64: model.kernel=auto, torch")
-
-
 class Trainer:
     def __init__(self, cfg: Config, console: Console | None = None, observers: tuple[Sink, ...] = (),
                  data: datalib.Prepared | None = None):
@@ -111,7 +88,7 @@ class Trainer:
         self.world = distributed.from_environment()
         self.device = hw.resolve_device(distributed.init(self.world, cfg.train.device))
         self.dtype = hw.resolve_dtype(cfg.train.dtype, self.device)
-        check_precision(cfg)
+        refusals.check_precision(cfg)
         run_dir = cfg.run.dir or str(default_dir(cfg.model.name, cfg.optim.name))
         self.run_dir = Path(distributed.gather_objects(self.world, run_dir)[0])  # rank 0's timestamp for all
         self.store = checkpoint.CheckpointStore(self.run_dir / "checkpoints", cfg.run.keep_last, cfg.run.keep_every)
@@ -146,7 +123,7 @@ class Trainer:
         # float64 (a verification precision) casts the float32 initial weights before the model is wrapped and the
         # optimizer built, so the replica shards, the gradients and the optimizer state are float64 too.
         self.model.to(hw.param_dtype(self.dtype))
-        check_parallel(cfg, self.world.size)
+        refusals.check_parallel(cfg, self.world.size)
         self.replica = distributed.replicate(self.model, self.world, cfg.train.parallel)
         self.forward = torch.compile(self.replica) if cfg.train.compile else self.replica
         self.plan = optim.plan(cfg.optim, self.model)  # one plan: the optimizer and routing.json

@@ -22,7 +22,8 @@ from optbench.training.attention_probe import attention_stats
 from optbench.training.diagnostics import SpikeDetector
 from optbench.training.rundir import read_metrics
 from optbench.training.sinks import ConsoleSink
-from optbench.training.trainer import Trainer, check_parallel
+from optbench.training.refusals import check_parallel
+from optbench.training.trainer import Trainer
 
 VOCAB, SEQ = 48, 12
 
