@@ -32,7 +32,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 
 from optbench.bench.suite import Suite
 from optbench.errors import check
+from optbench.training.preemption import StopRequest
 from optbench.training.rundir import read_json
 
 POLL_S = 0.2
@@ -146,28 +146,16 @@ def wait(child: subprocess.Popen, summary: Written, opened: Callable[[], None],
         time.sleep(POLL_S)
 
 
-class ForwardStop:
+class ForwardStop(StopRequest):
     """While the ranks run, SIGTERM and SIGINT to the worker become one SIGTERM to the child (torchrun); `requested`
-    names the first signal. torchrun is in a session of its own, so without this no signal would reach it."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    names the first signal. torchrun is in a session of its own, so without this no signal would reach it. Unlike a
+    run's own StopRequest, a second SIGINT does not interrupt the worker: the ranks are already stopping."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.child: subprocess.Popen | None = None
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> ForwardStop:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._forward)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _forward(self, signum: int, frame: FrameType | None) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.requested is None
         self.requested = self.requested or signal.Signals(signum).name
         if first and self.child is not None and self.child.poll() is None:

@@ -217,7 +217,8 @@ def test_a_suite_on_two_ranks_per_trial_survives_a_killed_worker(tmp_path, corpu
         worker.kill()
     (run,) = run_dirs(out)
     summary = read_json(run / "summary.json")
-    assert (summary["status"], summary.get("signal")) == ("interrupted", "SIGTERM")  # stopped through the tether
+    assert (summary["status"], summary.get("signal")) == ("interrupted", "SIGTERM"), \
+        f"not stopped through the tether: {summary}; the worker's log: {log.read_text()[-3000:]}"
     assert 0 < summary["steps"] < STEPS and CheckpointStore(run / "checkpoints").steps()[-1] == summary["steps"]
 
     assert work(suite, out, url, "rerun", threads=2) == 2  # the requeued trial, and the final seed reusing its run
