@@ -4,6 +4,7 @@ training faked, with 1, 8 and 32 local workers, on SQLite and on PostgreSQL.
     python benchmarks/bench_scale.py [--trials 10000] [--studies 400] [--workers 1,8,32] [--storage sqlite,postgres]
                                      [--postgres URL] [--kill [on|both]] [--kill-every 5] [--trial-ms 30]
     python benchmarks/bench_scale.py --suite s4s-stage1 [--studies 48,96,192] [--workers 1] [--storage sqlite]
+                                     [--rounds 1]
 
 The synthetic suite spreads --trials over --studies (scenario x optimizer pairs, each a tuning grid over the
 learning rate, pruned by the median rule, then a final study over its best's seeds; benchmarks/scale/suites.py).
@@ -83,6 +84,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         f"{suites.GRACE_S}; heartbeats every second)")
     p.add_argument("--real-trial-min", type=float, default=10.0,
                    help="a real trial's minutes, for the cluster extrapolation (default 10)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--suite: run the counts this many times over, in turn, and summarise each count by its "
+                        "rounds' median (a shared machine's speed drifts over minutes; default 1)")
     p.add_argument("--seed", type=int, default=0, help="seeds the trial durations and the kills")
     args = p.parse_args(argv)
     args.studies = counts("--studies", args.studies or ("48,96,192" if args.suite else "400"))
@@ -98,6 +102,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         ("--real-trial-min", args.real_trial_min)):
         if not value > 0:
             raise UserError(f"{name} {value}: must be positive")
+    if args.rounds < 1 or (args.rounds > 1 and not args.suite):
+        raise UserError(f"--rounds {args.rounds}: valid: a positive integer, and more than 1 only with --suite")
     if args.grace_s < 2:
         raise UserError(f"--grace-s {args.grace_s}: must be at least 2 (heartbeats beat every second)")
     return args
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     print(table.HEADER, flush=True)
     rows = []
     for kind in args.storage:
-        for suite, studies in plans:
+        for suite, studies in plans * args.rounds:  # the counts in turn, round after round
             for killing in KILL_MODES[args.kill]:
                 for workers in args.workers:
                     r = one_run(suite, studies, kind, args.postgres, workers, times,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,22 +165,29 @@ def extrapolation(runs: list[Row], real_trial_s: float) -> list[str]:
 
 def flatness(rows: list[Row]) -> list[str]:
     """Per storage and worker count: how a claim's latency, CPU time, lock hold and statements change with the
-    number of studies, over all claims and over the last tenth (the claims that skip the most studies found done).
-    On a shared machine the CPU time is the steadier figure: the wall clock also counts other processes' turns."""
+    number of studies, over all claims and over the last tenth (the claims that skip the most studies found done);
+    each count's figure is the median over its runs (--rounds). On a shared machine the CPU time is the steadier
+    figure: the wall clock also counts other processes' turns."""
     lines = []
     for label, workers, killing in dict.fromkeys((r.label, r.workers, r.killing) for r in rows):
-        runs = sorted((r for r in rows if (r.label, r.workers, r.killing) == (label, workers, killing)),
-                      key=lambda r: r.studies)
-        if len(runs) < 2:
+        by_count: dict[int, list[Row]] = {}
+        for r in rows:
+            if (r.label, r.workers, r.killing) == (label, workers, killing):
+                by_count.setdefault(r.studies, []).append(r)
+        if len(by_count) < 2:
             continue
+        studies = sorted(by_count)
 
-        def trend(field: str, last_tenth: bool = False, runs: list[Row] = runs) -> str:
-            return " -> ".join(f"{r.ms(field, last_tenth=last_tenth):.1f}" for r in runs)
+        def trend(figure: Callable[[Row], float], digits: int = 1, by_count=by_count, studies=studies) -> str:
+            return " -> ".join(f"{statistics.median(figure(r) for r in by_count[n]):.{digits}f}" for n in studies)
+        rounds = min(len(runs) for runs in by_count.values())
+        median_of = f" (median of {rounds} rounds)" if rounds > 1 else ""
         lines.append(f"{label}, {workers} worker(s){', kills' if killing else ''}, "
-                     f"{' -> '.join(str(r.studies) for r in runs)} studies: claim latency p50 {trend('seconds')} ms "
-                     f"(last tenth {trend('seconds', True)}), CPU p50 {trend('cpu')} ms (last tenth "
-                     f"{trend('cpu', True)}), lock held p50 {trend('lock_held')} ms, SQL statements per claim "
-                     f"{' -> '.join(f'{r.statements_per_claim:.1f}' for r in runs)}; a claim in the finished suite "
-                     f"(walking every study, loading none): CPU {' -> '.join(f'{r.walk_cpu_ms:.2f}' for r in runs)} "
-                     "ms.")
+                     f"{' -> '.join(map(str, studies))} studies{median_of}: "
+                     f"claim latency p50 {trend(lambda r: r.ms('seconds'))} ms (last tenth "
+                     f"{trend(lambda r: r.ms('seconds', last_tenth=True))}), CPU p50 {trend(lambda r: r.ms('cpu'))} ms "
+                     f"(last tenth {trend(lambda r: r.ms('cpu', last_tenth=True))}), lock held p50 "
+                     f"{trend(lambda r: r.ms('lock_held'))} ms, SQL statements per claim "
+                     f"{trend(lambda r: r.statements_per_claim)}; a claim in the finished suite (walking every study, "
+                     f"loading none): CPU {trend(lambda r: r.walk_cpu_ms, 2)} ms.")
     return lines

@@ -157,3 +157,18 @@ def test_a_shipped_suite_past_its_size_repeats_its_scenarios_under_new_names():
     assert copy.overrides == first.overrides and copy.ladder == (None if first.ladder is None else f"{first.ladder}~2")
     with pytest.raises(UserError, match="--studies 3074: suite s4s-stage1 repeated 8 times has 768 pairs"):
         suites.shipped_subset("s4s-stage1", 3074)
+
+
+def test_the_claim_cost_summary_takes_each_counts_median_over_rounds():
+    from benchmarks.scale.audit import Audit
+    from benchmarks.scale.table import Row, flatness
+
+    def run(studies: int, cpu_ms: float) -> Row:
+        claims = [{"outcome": "claim", "seconds": cpu_ms / 1000, "cpu": cpu_ms / 1000, "lock_held": 0.0,
+                   "lock_wait": 0.0, "statements": 100}] * 10
+        return Row("sqlite", 1, False, 0, 0, studies, 1.0, claims, Audit(), walk_cpu_ms=cpu_ms / 10)
+    rounds = [run(24, 30), run(96, 31), run(24, 50), run(96, 40), run(24, 32), run(96, 33)]  # round 2 on a slow spell
+    (line,) = flatness(rounds)
+    assert line.startswith("sqlite, 1 worker(s), 24 -> 96 studies (median of 3 rounds): claim latency p50 "
+                           "32.0 -> 33.0 ms")
+    assert "CPU p50 32.0 -> 33.0 ms" in line and "SQL statements per claim 100.0 -> 100.0" in line
