@@ -33,10 +33,20 @@ TABLE = sa.Table(
 
 @dataclass(frozen=True)
 class Mark:
-    """A done study: the fingerprint of the plan it was done under, and its best configuration (tuning study 0)."""
+    """A done study: the fingerprint of the plan it was done under, and its best configuration (tuning study 0) as
+    the JSON the index holds, decoded only where a claim needs it (a claim reads every mark, and needs the best
+    of only the pairs whose final study is not done yet)."""
 
     fingerprint: str
-    best: dict[str, Any] | None = None
+    best_json: str | None = None
+
+    @classmethod
+    def of(cls, fingerprint: str, best: dict[str, Any] | None = None) -> Mark:
+        return cls(fingerprint, json.dumps(best) if best is not None else None)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return json.loads(self.best_json) if self.best_json is not None else None
 
 
 def create(engine: sa.Engine) -> None:
@@ -67,12 +77,10 @@ def read(connection: sa.Connection, suite_name: str) -> dict[str, Mark]:
     query = (sa.select(studies.c.study_name, TABLE.c.fingerprint, TABLE.c.best)
              .join_from(TABLE, studies, TABLE.c.study_id == studies.c.study_id)
              .where(studies.c.study_name.startswith(f"{suite_name}/", autoescape=True)))
-    return {name: Mark(fingerprint, json.loads(best) if best is not None else None)
-            for name, fingerprint, best in connection.execute(query)}
+    return {name: Mark(fingerprint, best) for name, fingerprint, best in connection.execute(query).all()}
 
 
 def mark(connection: sa.Connection, study_id: int, done: Mark) -> None:
     """Record `study_id` as done, replacing a mark made under another plan."""
     connection.execute(sa.delete(TABLE).where(TABLE.c.study_id == study_id))
-    best = json.dumps(done.best) if done.best is not None else None
-    connection.execute(sa.insert(TABLE).values(study_id=study_id, fingerprint=done.fingerprint, best=best))
+    connection.execute(sa.insert(TABLE).values(study_id=study_id, fingerprint=done.fingerprint, best=done.best_json))

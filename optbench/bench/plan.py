@@ -180,20 +180,21 @@ def _outcomes(suite: Suite, view, index: Index, plans: Fingerprints, scenario: S
             outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, trials, number),
                                 number)
             if outcome is DONE:
-                done = Mark(key, best_tuning(tune.get_trials(deepcopy=False)) if number == 0 else None)
+                done = Mark.of(key, best_tuning(tune.get_trials(deepcopy=False)) if number == 0 else None)
                 index.add(tune._study_id, done)
             yield outcome
-        if number == 0 and done is not None and done.best is not None:
+        if number == 0 and done is not None and done.best_json is not None:
             # (no best: every trial diverged or failed, and there is nothing to repeat over seeds)
-            yield from _final(suite, view, index, plans(entry, "final"), scenario, entry, done.best)
+            yield from _final(suite, view, index, plans(entry, "final"), scenario, entry, done)
 
 
 def _final(suite: Suite, view, index: Index, key: str, scenario: Scenario, entry: OptimizerEntry,
-           best: dict[str, Any]) -> Iterator[Claim | Next]:
+           tuned: Mark) -> Iterator[Claim | Next]:
+    """The final study of the configuration tuning study 0 found best (`tuned`, its mark)."""
     if index.done(study_name(suite, scenario.name, entry.name, "final"), key) is not None:
         return
     final = load_study(suite, view, scenario.name, entry.name, "final")
-    outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, best, _trials(final)))
+    outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, tuned.best, _trials(final)))
     if outcome is DONE:
         index.add(final._study_id, Mark(key))
     yield outcome
