@@ -67,8 +67,10 @@ class Index:
         found = self.marks.get(name)
         return found if found is not None and found.fingerprint == fingerprint else None
 
-    def add(self, study_id: int, done: Mark) -> None:
+    def add(self, name: str, study_id: int, done: Mark) -> None:
+        """Mark study `name` done, in the storage and for the rest of this claim."""
         mark(self.connection, study_id, done)
+        self.marks[name] = done
 
 
 def read(connection: sa.Connection, suite_name: str) -> dict[str, Mark]:

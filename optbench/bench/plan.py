@@ -120,12 +120,16 @@ def claim_next(suite: Suite, storage, stamp: Stamp | None = None) -> Claim | Nex
 
 
 def _first(suite: Suite, view, index: Index) -> Claim | Next:
+    """Every tuning study before any final study, each pass in the suite's order. A final trial waits on its own
+    tuning and nothing waits on it, so finals left for last keep every worker busy to the end (longest path first);
+    claimed pair by pair, the last pair's tuning and then its final trials ran while the other workers waited."""
     waiting, plans = False, Fingerprints(suite)
-    for scenario, entry in suite.pairs():
-        for outcome in _outcomes(suite, view, index, plans, scenario, entry):
-            if isinstance(outcome, Claim):
-                return outcome
-            waiting = waiting or outcome is WAIT
+    for phase in (_tuning, _finals):
+        for scenario, entry in suite.pairs():
+            for outcome in phase(suite, view, index, plans, scenario, entry):
+                if isinstance(outcome, Claim):
+                    return outcome
+                waiting = waiting or outcome is WAIT
     return WAIT if waiting else DONE
 
 
@@ -165,38 +169,40 @@ class Fingerprints:
         return self._known[entry.name, phase]
 
 
-def _outcomes(suite: Suite, view, index: Index, plans: Fingerprints, scenario: Scenario,
-              entry: OptimizerEntry) -> Iterator[Claim | Next]:
-    """Tuning study 0, then its best configuration over the final seeds, then the repeated tuning studies
-    (AlgoPerf's, `tuning.studies`), each at its own seed; studies in the claim index are skipped. Lazy: the caller
-    stops at the first claim."""
+def _tuning(suite: Suite, view, index: Index, plans: Fingerprints, scenario: Scenario,
+            entry: OptimizerEntry) -> Iterator[Claim | Next]:
+    """Tuning study 0, then the repeated tuning studies (AlgoPerf's, `tuning.studies`), each at its own seed;
+    studies in the claim index are skipped. Lazy: the caller stops at the first claim."""
     key = plans(entry, "tune")
     for number in range(suite.tuning.studies):
-        done = index.done(study_name(suite, scenario.name, entry.name, tuning_phase(number)), key)
-        if done is None:
+        name = study_name(suite, scenario.name, entry.name, tuning_phase(number))
+        if index.done(name, key) is None:
             tune = load_study(suite, view, scenario.name, entry.name, tuning_phase(number))
             trials = _trials(tune)
             seed_sampler(tune, suite, len(trials), number)
             outcome = _claim_in(suite, tune, scenario, entry, "tune", _propose_tuning(suite, entry, trials, number),
                                 number)
             if outcome is DONE:
-                done = Mark.of(key, best_tuning(tune.get_trials(deepcopy=False)) if number == 0 else None)
-                index.add(tune._study_id, done)
+                best = best_tuning(tune.get_trials(deepcopy=False)) if number == 0 else None
+                index.add(name, tune._study_id, Mark.of(key, best))
             yield outcome
-        if number == 0 and done is not None and done.best_json is not None:
-            # (no best: every trial diverged or failed, and there is nothing to repeat over seeds)
-            yield from _final(suite, view, index, plans(entry, "final"), scenario, entry, done)
 
 
-def _final(suite: Suite, view, index: Index, key: str, scenario: Scenario, entry: OptimizerEntry,
-           tuned: Mark) -> Iterator[Claim | Next]:
-    """The final study of the configuration tuning study 0 found best (`tuned`, its mark)."""
-    if index.done(study_name(suite, scenario.name, entry.name, "final"), key) is not None:
+def _finals(suite: Suite, view, index: Index, plans: Fingerprints, scenario: Scenario,
+            entry: OptimizerEntry) -> Iterator[Claim | Next]:
+    """The final study of the configuration tuning study 0 found best, once that study is done (its mark keeps the
+    best); none where every tuning trial diverged or failed, as there is nothing to repeat over seeds."""
+    tuned = index.done(study_name(suite, scenario.name, entry.name, tuning_phase(0)), plans(entry, "tune"))
+    if tuned is None or tuned.best_json is None:
+        return
+    key = plans(entry, "final")
+    name = study_name(suite, scenario.name, entry.name, "final")
+    if index.done(name, key) is not None:
         return
     final = load_study(suite, view, scenario.name, entry.name, "final")
     outcome = _claim_in(suite, final, scenario, entry, "final", _propose_final(suite, tuned.best, _trials(final)))
     if outcome is DONE:
-        index.add(final._study_id, Mark(key))
+        index.add(name, final._study_id, Mark(key))
     yield outcome
 
 

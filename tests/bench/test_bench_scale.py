@@ -136,13 +136,14 @@ def claim_statements(suite, url) -> list[int]:
 
 
 def test_a_claims_statements_do_not_grow_with_the_studies_already_done(tmp_path):
-    """Each pair is claimed alike (2 grid points, then a final seed): past the first pair, a claim sends the same
-    statements in a suite of 4 studies as in one of 12, however many studies it skips."""
+    """Every pair is claimed alike (2 grid points; after every pair's tuning, a final seed): past the first pair, a
+    claim sends the same statements in a suite of 4 studies as in one of 12, however many studies it skips."""
     few = claim_statements(unpruned(trials=6, studies=4), f"sqlite:///{tmp_path / 'few.db'}")
     many = claim_statements(unpruned(trials=18, studies=12), f"sqlite:///{tmp_path / 'many.db'}")
-    assert len(few) == 2 * 3 + 1 and len(many) == 6 * 3 + 1  # each pair's 3 claims, then DONE
-    pair = few[3:6]
-    assert all(many[k:k + 3] == pair for k in range(3, 18, 3))
+    assert len(few) == 2 * 3 + 1 and len(many) == 6 * 3 + 1  # 2 tuning claims per pair, then 1 final each, DONE
+    tuning_pair, first_final, next_final = few[2:4], few[4], few[5]  # few: the 2nd pair's tuning, both finals
+    assert many[2:12] == tuning_pair * 5
+    assert many[12] == first_final and many[13:18] == [next_final] * 5
     assert few[-1] == many[-1]
 
 

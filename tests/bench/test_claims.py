@@ -62,11 +62,23 @@ def loads(monkeypatch):
 
 def test_a_study_found_done_is_never_loaded_by_a_claim_again(storage, loads):
     suite = two_optimizers()
-    claims = run_to_end(suite, storage, objective=lr_loss)
-    assert [c.entry.name for c in claims] == ["adamw"] * 3 + ["lion"] * 3  # 2 grid points and 1 final seed each
-    adamw_done = loads.index(f"{suite.name}/s/lion/tune")  # adamw's studies were found done before lion's first load
-    assert all("/adamw/" not in name for name in loads[adamw_done:])
+    opened_by: list[list[str]] = []  # the studies each claim loaded
+    claims = []
+    while (claim := plan.claim_next(suite, storage)) is not plan.DONE:
+        opened_by.append(loads[:])
+        loads.clear()
+        claims.append(claim)
+        claim.study.tell(claim.trial, lr_loss(claim.hparams))
+    opened_by.append(loads[:])  # the claim that found the suite done
     loads.clear()
+    # Every tuning study before any final study: 2 grid points each, then 1 final seed each.
+    assert [(c.entry.name, c.phase) for c in claims] == [("adamw", "tune")] * 2 + [("lion", "tune")] * 2 + [
+        ("adamw", "final"), ("lion", "final")]
+    # A study is loaded by the claims that take its trials and by the one that finds it done, and never after.
+    for name in {name for opened in opened_by for name in opened}:
+        claims_loading = [k for k, opened in enumerate(opened_by) if name in opened]
+        taken = [k for k, c in enumerate(claims) if c.study.study_name == name]
+        assert claims_loading == taken + [taken[-1] + 1], name
     for _ in range(3):
         assert plan.claim_next(suite, storage) is plan.DONE
     assert loads == []  # a finished suite is one query of the index

@@ -107,6 +107,15 @@ def test_the_cached_path_composes_what_hydra_composes():
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(_hydra_compose(tuple(overrides))), overrides
 
 
+def test_an_override_parsed_once_composes_afresh_each_time():
+    """A line is parsed once per process (a worker composes the same suite lines for every trial): what one
+    composition makes of a parsed list is its own, and the next composition of that line starts from the text."""
+    first = compose(["eval.at_steps=[10,20]"])
+    first.eval.at_steps.append(30)
+    assert compose(["eval.at_steps=[10,20]"]).eval.at_steps == [10, 20]
+    assert compose(["eval.at_steps=[10,20]", "eval.at_steps=[5]"]).eval.at_steps == [5]
+
+
 @pytest.mark.parametrize("overrides", [["+train.extra=1"], ["~eval"], ["optim.lr=1,2"], ["train.steps=abc"],
                                        ["train.stpes=3"], ["optim=sgd", "optim.beta2=0.9"]])
 def test_anything_else_takes_hydras_own_path(overrides):
