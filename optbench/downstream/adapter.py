@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from optbench.data.tokenizers import Tokenizer
 from optbench.errors import UserError
+from optbench.models.layers import upcast
 from optbench.training import device as hw
 
 DEFAULT_MAX_GEN_TOKS = 256
@@ -144,7 +145,7 @@ class OptbenchLM(LM):
         end = len(row.tokens)
         # position p predicts the token after tokens[p]; only the scored positions are normalised (a batch's full
         # log-softmax over a 50k vocabulary would be gigabytes)
-        scored = F.log_softmax(logits[end - len(row.targets):end].to(hw.param_dtype(self.dtype)), dim=-1)
+        scored = F.log_softmax(upcast(logits[end - len(row.targets):end]), dim=-1)
         targets = torch.tensor(row.targets, dtype=torch.long, device=scored.device)
         picked = scored.gather(-1, targets[:, None]).squeeze(-1)
         greedy = bool((scored[:, :self.vocab_limit].argmax(-1) == targets).all())

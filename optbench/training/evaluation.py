@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from optbench.models.layers import upcast
 from optbench.training import device as hw, distributed
 
 
@@ -26,7 +27,7 @@ def validation_metrics(model: torch.nn.Module, forward: Callable[[torch.Tensor],
         x, y = x.to(device), y.to(device)
         with hw.autocast(device, dtype):
             logits = forward(x)
-        logits = logits.to(hw.param_dtype(dtype)).view(-1, logits.size(-1))
+        logits = upcast(logits).view(-1, logits.size(-1))
         loss_sum += F.cross_entropy(logits, y.view(-1), reduction="sum").item()
         correct += (logits.argmax(-1) == y.view(-1)).sum().item()
         count += y.numel()

@@ -30,6 +30,7 @@ from optbench import downstream, models, optim
 from optbench.config.compose import to_yaml
 from optbench.config.schema import Config
 from optbench.errors import UserError
+from optbench.models.layers import upcast
 from optbench.training import checkpoint, device as hw, diagnostics, distributed, refusals, resume
 from optbench.training.averaging import WeightAverage
 from optbench.training.checkpointer import Checkpointer
@@ -173,7 +174,7 @@ class Trainer:
             with distributed.gradient_sync(self.replica, enabled=i == len(micros) - 1):
                 with hw.autocast(self.device, self.dtype):
                     logits = self.forward(x)
-                logits = logits.to(hw.param_dtype(self.dtype)).view(-1, logits.size(-1))
+                logits = upcast(logits).view(-1, logits.size(-1))
                 ce = F.cross_entropy(logits, y.view(-1)) / len(micros)
                 aux = self.model.auxiliary_losses()
                 self.scaler.scale(ce + sum(aux.values()) / len(micros)).backward()
