@@ -29,19 +29,16 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from optbench.models.layers import upcast
+
 KEYS = ("update_rms", "rel_update", "update_cos", "drift_cos", "weight_norm", "grad_norm",
         "row_update_rms_min", "row_update_rms_median", "row_update_rms_max")
 """The columns of `table`, in order: the names a dynamics record uses."""
 
 
-def wide(t: torch.Tensor) -> torch.Tensor:
-    """`t` in float32 at least: low-precision weights would round away an update's last bits."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """<a, b> over all entries, as a float64 scalar (summed in the tensors' precision, float32 at least)."""
-    return torch.dot(wide(a).reshape(-1), wide(b).reshape(-1)).double()
+    return torch.dot(upcast(a).reshape(-1), upcast(b).reshape(-1)).double()
 
 
 def dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
@@ -51,7 +48,7 @@ def dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 
 def row_rms(delta: torch.Tensor) -> torch.Tensor:
     """The RMS of each row (slice along dim 0) of `delta`; a 0-d tensor is one row."""
-    rows = wide(delta).reshape(delta.shape[0] if delta.dim() else 1, -1)
+    rows = upcast(delta).reshape(delta.shape[0] if delta.dim() else 1, -1)
     return rows.pow(2).mean(dim=1).sqrt()
 
 
@@ -124,7 +121,7 @@ def _copy(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _weights(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [wide(p.detach()) for p in params]
+    return [upcast(p.detach()) for p in params]
 
 
 def _squares(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from optbench.models.layers import upcast
 from optbench.optim.registry import Capabilities
 
 LossFn = Callable[[], torch.Tensor]
@@ -45,8 +46,7 @@ class OptimizerHooks:
 
     def hessian_pass(self, logits_fn: Callable[[], torch.Tensor], generator: torch.Generator) -> None:
         """Sophia-G's estimator: backpropagate the loss on labels sampled from the model's own predictions."""
-        logits = logits_fn()
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 runs stay float64
+        logits = upcast(logits_fn())  # float64 runs stay float64
         flat = logits.view(-1, logits.size(-1))
         with torch.no_grad():
             sampled = torch.multinomial(F.softmax(flat, dim=-1), 1, generator=generator).view(-1)

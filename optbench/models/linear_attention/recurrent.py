@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import torch
 
-
-def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision inputs; float64 stays float64 (for checking float32 results)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+from optbench.models.layers import upcast
 
 
 def heads_first(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """(B, T, H, ...) -> (B, H, T, ...) in at least float32: time becomes the dimension we walk or chunk along."""
-    return [at_least_fp32(t.transpose(1, 2)) for t in tensors]
+    return [upcast(t.transpose(1, 2)) for t in tensors]
 
 
 def initial(state: torch.Tensor | None, batch: int, heads: int, k_dim: int, v_dim: int,
@@ -36,7 +33,7 @@ def initial(state: torch.Tensor | None, batch: int, heads: int, k_dim: int, v_di
     """The state before the first token: the given one (in at least float32) or zeros like `like`."""
     if state is None:
         return like.new_zeros(batch, heads, k_dim, v_dim)
-    return at_least_fp32(state)
+    return upcast(state)
 
 
 def gla_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
